@@ -1,0 +1,40 @@
+# Cohort — the two commands are `make demo` and `make test`; both set up what they need.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+
+.PHONY: setup demo test lint typecheck pytest clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 goes first: it resolves to the CPU wheel on local disk, whereas letting opacus pull
+# torch in would download a CUDA build of several GB (STACK-NOTES).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/cohort-demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy crypto hospitals platform
+
+pytest: setup
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf var .mypy_cache .pytest_cache .ruff_cache

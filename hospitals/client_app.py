@@ -1,0 +1,116 @@
+"""Flower ClientApp wiring: turn messages into round requests and outcomes into replies.
+
+Any failure becomes a refusal with a publishable reason; the full error stays in the node log,
+because an exception's text could quote local data and Flower would forward it verbatim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from hospitals import wire
+from hospitals.node import NodeSettings, node_logger
+from hospitals.participation import (
+    EvaluationOutcome,
+    RoundRefusedError,
+    RoundRequest,
+    TrainOutcome,
+    evaluate_round,
+    train_round,
+)
+from hospitals.protocol import ProtocolError, StudyProtocol
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return _handle(msg, context, lambda node, request: _train_reply(train_round(node, request)))
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return _handle(
+        msg, context, lambda node, request: _evaluate_reply(evaluate_round(node, request))
+    )
+
+
+def _handle(
+    msg: Message, context: Context, act: Callable[[NodeSettings, RoundRequest], RecordDict]
+) -> Message:
+    node = NodeSettings.from_node_config(context.node_config)
+    identity = ConfigRecord({"hospital": node.hospital})
+    try:
+        request = round_request(msg)
+        # The protocol hash and accountant this node acted under, so nodes can be compared.
+        identity["protocol_sha256"] = request.protocol.sha256
+        identity["accountant"] = str(request.protocol.privacy.accountant)
+        content = act(node, request)
+    except RoundRefusedError as refusal:
+        node_logger(node).warning("round refused (%s): %s", refusal.code, refusal.reason)
+        content = _refusal(refusal.code, refusal.reason)
+    except Exception:
+        node_logger(node).exception("round failed")
+        content = _refusal(
+            "internal-error", f"the node failed; see {node.log_path.name} at the node"
+        )
+    content[wire.IDENTITY] = identity
+    return Message(content, reply_to=msg)
+
+
+def _refusal(code: str, reason: str) -> RecordDict:
+    return RecordDict({wire.REFUSAL: ConfigRecord({"code": code, "reason": reason})})
+
+
+def round_request(msg: Message) -> RoundRequest:
+    config = msg.content.config_records[wire.ROUND_CONFIG]
+    try:
+        protocol = StudyProtocol.from_json(str(config["protocol"]))
+    except ProtocolError as error:
+        raise RoundRefusedError("invalid-protocol", str(error)) from error
+    global_state = None
+    if wire.GLOBAL_STATE in msg.content.array_records:
+        global_state = bytes(msg.content.array_records[wire.GLOBAL_STATE][wire.BLOB].data)
+    return RoundRequest(
+        run_id=str(msg.metadata.run_id),
+        round_number=int(config["round"]),
+        protocol=protocol,
+        global_state=global_state,
+        final=bool(config.get("final", False)),
+    )
+
+
+def _train_reply(outcome: TrainOutcome) -> RecordDict:
+    step = outcome.step
+    blob = outcome.update
+    return RecordDict(
+        {
+            wire.UPDATE: ArrayRecord(
+                {wire.BLOB: Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)}
+            ),
+            wire.TRAIN_REPORT: MetricRecord(
+                {
+                    "epsilon": outcome.run_epsilon,
+                    "noise_multiplier": step.noise_multiplier,
+                    "sample_rate": step.sample_rate,
+                    "steps": step.steps,
+                    "delta": step.delta,
+                    "rows_rounded": outcome.rows_rounded,
+                    "train_seconds": outcome.train_seconds,
+                }
+            ),
+        }
+    )
+
+
+def _evaluate_reply(outcome: EvaluationOutcome) -> RecordDict:
+    published = ("loss", "accuracy", "roc_auc")  # not the exact held-out count
+    values = outcome.metrics.to_dict()
+    metrics: dict[str, float | int] = {
+        key: float(value) for key in published if (value := values[key]) is not None
+    }
+    metrics["rows_rounded"] = outcome.rows_rounded
+    return RecordDict({wire.EVAL_REPORT: MetricRecord(metrics)})

@@ -1,0 +1,382 @@
+"""DP-SGD for one hospital's local training, and the privacy arithmetic behind it (Opacus 1.6).
+
+A round of local training is one application of the Poisson-subsampled Gaussian mechanism `steps`
+times with sample rate q and noise multiplier σ. `PrivacyStep` records exactly that triple, plus the
+δ and accountant it was planned with, so anyone holding the ledger can recompute ε.
+
+Opacus samples at q = 1 / len(DataLoader(batch_size=B)) = 1 / ceil(n / B), not B / n, and runs
+int(1 / q) Poisson batches per epoch; `sample_rate_for` and `steps_per_round` reproduce that
+arithmetic so that what the node plans and checks against its budget is what it then spends.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from hospitals.evaluation import FeatureArray, LabelArray, binary_logits, tensors_from_arrays
+
+GradSampleMode = Literal["hooks", "functorch"]
+
+# get_noise_multiplier stops bisecting once ε is within this much below the target (relative), so
+# the planned σ spends between 99.5% and 100% of the budget whatever the target's magnitude.
+_PLANNING_RELATIVE_TOLERANCE = 0.005
+
+# Attributes Opacus leaves behind on parameters and modules even after GradSampleModule.cleanup():
+# the optimizer's `summed_grad`, and the per-module activation stash of the hooks.
+_OPACUS_PARAMETER_ATTRIBUTES = (
+    "grad_sample",
+    "summed_grad",
+    "_forward_counter",
+    "_current_grad_sample",
+    "_norm_sample",
+)
+_OPACUS_MODULE_ATTRIBUTES = (
+    "activations",
+    "max_batch_len",
+    "autograd_grad_sample_hooks",
+    "ft_compute_sample_grad",
+)
+
+
+class Accountant(StrEnum):
+    RDP = "rdp"
+    PRV = "prv"
+
+
+def _require_positive_finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _require_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _require_delta(delta: float) -> None:
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 < delta < 1:
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
+
+
+def _require_sample_rate(sample_rate: float) -> None:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float):
+        raise ValueError(f"sample_rate must be a number, got {sample_rate!r}")
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+
+
+@dataclass(frozen=True)
+class DpSettings:
+    target_epsilon: float
+    delta: float
+    max_grad_norm: float
+    accountant: Accountant = Accountant.RDP
+
+    def __post_init__(self) -> None:
+        _require_positive_finite("target_epsilon", self.target_epsilon)
+        _require_delta(self.delta)
+        _require_positive_finite("max_grad_norm", self.max_grad_norm)
+        # Settings arrive as strings from run configs; Accountant() rejects unknown names.
+        object.__setattr__(self, "accountant", Accountant(self.accountant))
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+
+    def __post_init__(self) -> None:
+        _require_positive_int("local_epochs", self.local_epochs)
+        _require_positive_int("batch_size", self.batch_size)
+        _require_positive_finite("learning_rate", self.learning_rate)
+
+
+@dataclass(frozen=True)
+class PrivacyStep:
+    """What one round of DP training spent: `steps` Poisson-subsampled Gaussian steps."""
+
+    sample_rate: float
+    noise_multiplier: float
+    steps: int
+    delta: float
+    accountant: Accountant
+
+    def __post_init__(self) -> None:
+        _require_sample_rate(self.sample_rate)
+        _require_positive_finite("noise_multiplier", self.noise_multiplier)
+        _require_positive_int("steps", self.steps)
+        _require_delta(self.delta)
+        object.__setattr__(self, "accountant", Accountant(self.accountant))
+
+
+def sample_rate_for(*, n_rows: int, batch_size: int) -> float:
+    """The Poisson sample rate Opacus uses for `n_rows` rows and a nominal `batch_size`.
+
+    Opacus derives q from the length of the plain loader, 1 / ceil(n_rows / batch_size): equal to
+    min(1, batch_size / n_rows) when batch_size divides n_rows or exceeds it, slightly lower
+    otherwise.
+
+    >>> sample_rate_for(n_rows=1000, batch_size=100)
+    0.1
+    >>> sample_rate_for(n_rows=1000, batch_size=64)  # 16 batches, not 1000/64 = 15.6
+    0.0625
+    """
+    _require_positive_int("n_rows", n_rows)
+    _require_positive_int("batch_size", batch_size)
+    plain_batches = -(-n_rows // batch_size)
+    return 1.0 / plain_batches
+
+
+def _poisson_batches_per_epoch(sample_rate: float) -> int:
+    # Mirrors opacus.utils.uniform_sampler.UniformWithReplacementSampler: int(1 / q) batches per
+    # epoch. In floating point 1 / (1 / k) falls just below k for some k (93, 99, 105, ...), so
+    # Opacus then takes k - 1 steps per epoch; counting the same way keeps plan and spend equal.
+    return int(1 / sample_rate)
+
+
+def steps_per_round(*, n_rows: int, training: TrainingSettings) -> int:
+    """Optimizer steps `train_dp` takes in one round: local epochs × Poisson batches per epoch.
+
+    >>> steps_per_round(n_rows=1000, training=TrainingSettings(local_epochs=2, batch_size=100,
+    ...                                                        learning_rate=0.1))
+    20
+    """
+    sample_rate = sample_rate_for(n_rows=n_rows, batch_size=training.batch_size)
+    return training.local_epochs * _poisson_batches_per_epoch(sample_rate)
+
+
+def plan_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: int) -> float:
+    """σ for which `total_steps` steps at `sample_rate` spend just under (target ε, δ).
+
+    Plan for the whole run (every round), not per round: composing per-round budgets overspends.
+    """
+    _require_sample_rate(sample_rate)
+    _require_positive_int("total_steps", total_steps)
+    try:
+        with _unsubsampled_prv_quiet():
+            noise_multiplier = get_noise_multiplier(
+                target_epsilon=dp.target_epsilon,
+                target_delta=dp.delta,
+                sample_rate=sample_rate,
+                steps=total_steps,
+                accountant=dp.accountant.value,
+                epsilon_tolerance=_PLANNING_RELATIVE_TOLERANCE * dp.target_epsilon,
+            )
+    except ValueError as error:
+        raise ValueError(
+            f"no noise multiplier reaches ε={dp.target_epsilon} at δ={dp.delta:g} "
+            f"({dp.accountant.value}) for {total_steps} steps at sample rate {sample_rate:.4g}: "
+            f"raise the budget or train fewer steps ({error})"
+        ) from error
+    return float(noise_multiplier)
+
+
+def epsilon_of(steps: Sequence[PrivacyStep], *, delta: float, accountant: Accountant) -> float:
+    """ε at `delta` of the composition of every step in `steps`, by `accountant`.
+
+    Each entry's own δ and accountant say how it was planned; the (σ, q, steps) triples are what
+    composes, so the whole history is re-accounted here with one accountant at one δ.
+    """
+    _require_delta(delta)
+    if not steps:
+        return 0.0
+    # Composition is commutative: merging entries with equal (σ, q) is exact and keeps PRV's
+    # discretisation (one PRV per distinct mechanism) and RDP's per-entry sums cheap.
+    merged: Counter[tuple[float, float]] = Counter()
+    for step in steps:
+        merged[(step.noise_multiplier, step.sample_rate)] += step.steps
+    mechanism = create_accountant(mechanism=Accountant(accountant).value)
+    mechanism.history = [
+        (noise_multiplier, sample_rate, count)
+        for (noise_multiplier, sample_rate), count in sorted(merged.items())
+    ]
+    with _unsubsampled_prv_quiet():
+        return float(mechanism.get_epsilon(delta=delta))
+
+
+@contextmanager
+def _unsubsampled_prv_quiet() -> Iterator[None]:
+    # Opacus' PRV takes log(1 - q), which is -inf at q = 1 (a dataset smaller than one batch).
+    # -inf is the right limit there and the resulting ε is correct, but numpy warns on it.
+    with np.errstate(divide="ignore"):
+        yield
+
+
+def _seeded_generator(seed_sequence: np.random.SeedSequence) -> torch.Generator:
+    seed = int(seed_sequence.generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def _restoring_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def _without_first_layer_hook_warning() -> Iterator[None]:
+    # Opacus computes per-sample gradients with full backward hooks; torch warns on every backward
+    # that the first layer's input does not require grad. Opacus only reads grad_output there,
+    # which torch still passes, so the warning is harmless for per-sample gradients.
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="Full backward hook is firing when gradients are computed with respect to "
+            "module outputs since no inputs require gradients",
+            category=UserWarning,
+        )
+        yield
+
+
+def _remove_opacus_residue(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        for attribute in _OPACUS_PARAMETER_ATTRIBUTES:
+            if hasattr(parameter, attribute):
+                delattr(parameter, attribute)
+        parameter.grad = None
+    for module in model.modules():
+        for attribute in _OPACUS_MODULE_ATTRIBUTES:
+            if attribute in module.__dict__:
+                delattr(module, attribute)
+        # torch keeps marking a module as "uses full backward hooks" after they are removed, and
+        # would then refuse a later register_backward_hook on it; reset the mark once none remain.
+        if not module._backward_hooks:
+            module._is_full_backward_hook = None
+
+
+def train_dp(
+    model: nn.Module,
+    *,
+    features: FeatureArray,
+    labels: LabelArray,
+    training: TrainingSettings,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    delta: float,
+    seed: int,
+    accountant: Accountant,
+    grad_sample_mode: GradSampleMode = "hooks",
+) -> PrivacyStep:
+    """Trains `model` in place with DP-SGD and returns the privacy it spent.
+
+    Poisson sampling, per-sample clipping to `max_grad_norm`, Gaussian noise σ·`max_grad_norm`,
+    BCE-with-logits loss. Batches left empty by Poisson sampling still take a (noise-only) step,
+    as the accounting assumes. Sampling and noise come from generators seeded by `seed`, so the
+    same model, data and seed give the same weights. Afterwards `model` holds the trained weights
+    and carries no Opacus hooks or attributes, so it can be trained again next round.
+    `delta` is recorded in the returned step as the δ the round was planned at.
+    """
+    _require_positive_finite("noise_multiplier", noise_multiplier)
+    _require_positive_finite("max_grad_norm", max_grad_norm)
+    _require_delta(delta)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    inputs, targets = tensors_from_arrays(features=features, labels=labels)
+    sampling_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
+    plain_loader = DataLoader(
+        TensorDataset(inputs, targets),
+        batch_size=training.batch_size,
+        generator=_seeded_generator(sampling_seed),
+    )
+    planned_sample_rate = sample_rate_for(n_rows=len(targets), batch_size=training.batch_size)
+    engine = PrivacyEngine(accountant=Accountant(accountant).value)
+    # Opacus refuses modules in eval mode; the caller's mode comes back afterwards.
+    with _restoring_mode(model):
+        private_module, private_optimizer, private_loader = engine.make_private(
+            module=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=training.learning_rate),
+            data_loader=plain_loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=_seeded_generator(noise_seed),
+            grad_sample_mode=grad_sample_mode,
+        )
+        try:
+            if private_loader.sample_rate != planned_sample_rate:
+                raise RuntimeError(
+                    f"Opacus samples at q={private_loader.sample_rate} but sample_rate_for "
+                    f"planned q={planned_sample_rate}: the plan would not match the spend"
+                )
+            with _without_first_layer_hook_warning():
+                for _ in range(training.local_epochs):
+                    for batch_inputs, batch_targets in private_loader:
+                        private_optimizer.zero_grad()
+                        logits = binary_logits(private_module, batch_inputs)
+                        # On an empty batch the mean loss is NaN but every per-sample gradient
+                        # is empty, so the step adds noise only; it must run, as q assumes.
+                        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch_targets)
+                        torch.autograd.backward(loss)
+                        private_optimizer.step()
+        finally:
+            private_optimizer.zero_grad()
+            private_module.cleanup()
+            _remove_opacus_residue(model)
+    return PrivacyStep(
+        sample_rate=planned_sample_rate,
+        noise_multiplier=noise_multiplier,
+        steps=_noised_steps(engine),
+        delta=delta,
+        accountant=Accountant(accountant),
+    )
+
+
+def _noised_steps(engine: PrivacyEngine) -> int:
+    # Opacus' accountant counts every optimizer step that added noise, empty batches included.
+    # Its q is not used: Opacus accounts q = 1 / len(Poisson loader) = 1 / int(1 / q_sampled), which
+    # exceeds the q the sampler really uses whenever int() rounds down (1 / (1 / 93) < 93, ...).
+    history: list[tuple[float, float, int]] = list(engine.accountant.history)
+    return sum(count for _, _, count in history)
+
+
+def train_plain(
+    model: nn.Module,
+    *,
+    features: FeatureArray,
+    labels: LabelArray,
+    training: TrainingSettings,
+    seed: int,
+) -> None:
+    """Non-private baseline: same loss, optimizer and epochs, with shuffled fixed-size batches."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    inputs, targets = tensors_from_arrays(features=features, labels=labels)
+    loader = DataLoader(
+        TensorDataset(inputs, targets),
+        batch_size=training.batch_size,
+        shuffle=True,
+        generator=_seeded_generator(np.random.SeedSequence(seed)),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=training.learning_rate)
+    with _restoring_mode(model):
+        for _ in range(training.local_epochs):
+            for batch_inputs, batch_targets in loader:
+                optimizer.zero_grad()
+                loss = nn.functional.binary_cross_entropy_with_logits(
+                    binary_logits(model, batch_inputs), batch_targets
+                )
+                torch.autograd.backward(loss)
+                optimizer.step()
+    model.zero_grad(set_to_none=True)

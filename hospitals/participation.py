@@ -1,0 +1,285 @@
+"""A hospital's part in one round: check, train with DP-SGD, encrypt; or decrypt and evaluate.
+
+Flower-free, so it can be tested directly. Everything that reaches the aggregator is chosen here:
+an encrypted update, the DP parameters behind it, ε, rounded row counts, timings and metrics.
+Refusals carry a reason that is safe to publish; details that could reveal data stay in the node
+log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from crypto import CryptoError, EncryptedUpdate, SecretContext, decrypt_mean, encrypt_update
+from hospitals.data import DataError, LocalDataset, load_dataset, split_holdout
+from hospitals.dp import (
+    PrivacyStep,
+    epsilon_of,
+    plan_noise_multiplier,
+    sample_rate_for,
+    steps_per_round,
+    train_dp,
+)
+from hospitals.evaluation import Metrics, evaluate
+from hospitals.keys import MissingStudyKeyError, load_study_key
+from hospitals.ledger import BudgetExceededError, PrivacyLedger
+from hospitals.models import build_model, get_flat_parameters, parameter_count, set_flat_parameters
+from hospitals.node import NodeSettings, node_logger
+from hospitals.policy import NodePolicy, PolicyError, load_policy
+from hospitals.protocol import StudyProtocol
+
+MAX_GLOBAL_STATE_BYTES = 1 << 30
+PUBLISHED_ROW_GRANULARITY = 10
+# Slack for float error when comparing a run's ε with the study's target.
+TARGET_TOLERANCE = 1e-3
+
+
+class RoundRefusedError(Exception):
+    """The node declines this round; `reason` is published to the aggregator and the portal."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RoundRequest:
+    run_id: str
+    round_number: int
+    protocol: StudyProtocol
+    global_state: bytes | None
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    update: bytes
+    step: PrivacyStep
+    run_epsilon: float
+    rows_rounded: int
+    train_seconds: float
+
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    metrics: Metrics
+    rows_rounded: int
+
+
+@dataclass(frozen=True)
+class Preparation:
+    policy: NodePolicy
+    key: SecretContext
+    train: LocalDataset
+    holdout: LocalDataset
+
+
+def prepare(node: NodeSettings, request: RoundRequest) -> Preparation:
+    """Everything the node checks before it touches a model; each failure is a RoundRefusedError."""
+    protocol = request.protocol
+    policy = _policy(node)
+    if not policy.allows_study(protocol.study_id):
+        raise RoundRefusedError(
+            "study-not-allowed", f"node policy does not allow study '{protocol.study_id}'"
+        )
+    key = _study_key(node, protocol)
+    dataset = _dataset(node, protocol)
+    if len(dataset) < policy.min_cohort_size:
+        raise RoundRefusedError(
+            "cohort-too-small",
+            f"{len(dataset)} usable rows is below the node policy's minimum cohort of "
+            f"{policy.min_cohort_size}",
+        )
+    train, holdout = split_holdout(
+        dataset, fraction=protocol.holdout_fraction, salt=protocol.study_id
+    )
+    return Preparation(policy=policy, key=key, train=train, holdout=holdout)
+
+
+def train_round(node: NodeSettings, request: RoundRequest) -> TrainOutcome:
+    """Train the received global model on local rows with DP-SGD and encrypt the weighted result."""
+    protocol = request.protocol
+    prepared = prepare(node, request)
+    model = _global_model(prepared.key, request, n_features=protocol.schema.n_features)
+    ledger = PrivacyLedger(node.ledger_path)
+    planned = _planned_step(protocol, n_rows=len(prepared.train))
+    # Charged before training: budget spent counts even if the reply is later lost.
+    _charge(node, request, ledger, prepared.policy, planned)
+    started = time.perf_counter()
+    train_dp(
+        model,
+        features=prepared.train.features,
+        labels=prepared.train.labels,
+        training=protocol.training,
+        noise_multiplier=planned.noise_multiplier,
+        max_grad_norm=protocol.privacy.max_grad_norm,
+        delta=protocol.privacy.delta,
+        seed=_round_seed(protocol, node.hospital, request.round_number),
+        accountant=protocol.privacy.accountant,
+    )
+    train_seconds = time.perf_counter() - started
+    update = encrypt_update(
+        prepared.key, values=get_flat_parameters(model), weight=len(prepared.train)
+    )
+    return TrainOutcome(
+        update=update.to_bytes(),
+        step=planned,
+        run_epsilon=_run_epsilon(ledger, node, request),
+        rows_rounded=published_rows(len(prepared.train)),
+        train_seconds=train_seconds,
+    )
+
+
+def evaluate_round(node: NodeSettings, request: RoundRequest) -> EvaluationOutcome:
+    """Decrypt the new global model and evaluate it on this hospital's held-out rows."""
+    prepared = prepare(node, request)
+    model = _global_model(prepared.key, request, n_features=request.protocol.schema.n_features)
+    metrics = evaluate(model, features=prepared.holdout.features, labels=prepared.holdout.labels)
+    if request.final:
+        save_released_model(node, request, get_flat_parameters(model))
+    return EvaluationOutcome(metrics=metrics, rows_rounded=published_rows(len(prepared.holdout)))
+
+
+def published_rows(count: int) -> int:
+    """Row counts leave the node rounded, so the aggregator never learns exact cohort sizes."""
+    return int(round(count / PUBLISHED_ROW_GRANULARITY)) * PUBLISHED_ROW_GRANULARITY
+
+
+def released_model_path(node: NodeSettings, *, study_id: str, run_id: str) -> Path:
+    return node.models_dir / study_id / f"run-{run_id}.npz"
+
+
+def save_released_model(node: NodeSettings, request: RoundRequest, parameters: np.ndarray) -> Path:
+    path = released_model_path(node, study_id=request.protocol.study_id, run_id=request.run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, parameters=parameters, protocol_sha256=request.protocol.sha256)
+    return path
+
+
+def _policy(node: NodeSettings) -> NodePolicy:
+    try:
+        return load_policy(node.policy_path)
+    except PolicyError as error:
+        raise RoundRefusedError("invalid-policy", str(error)) from error
+
+
+def _study_key(node: NodeSettings, protocol: StudyProtocol) -> SecretContext:
+    try:
+        key = load_study_key(node.keys_dir, study_id=protocol.study_id)
+    except (MissingStudyKeyError, CryptoError) as error:
+        raise RoundRefusedError("missing-key", str(error)) from error
+    if key.fingerprint != protocol.encryption.context_fingerprint:
+        raise RoundRefusedError(
+            "key-mismatch",
+            "the node's HE key for this study does not match the protocol's fingerprint",
+        )
+    return key
+
+
+def _dataset(node: NodeSettings, protocol: StudyProtocol) -> LocalDataset:
+    try:
+        return load_dataset(node.data_path, protocol.schema)
+    except DataError as error:
+        # The error may quote a cell of the file: it stays in the node log, never in the reply.
+        node_logger(node).error("dataset rejected: %s", error)
+        raise RoundRefusedError(
+            "invalid-data",
+            "local data failed validation against the study schema "
+            f"(details in {node.log_path.name} at the node)",
+        ) from error
+
+
+def _global_model(key: SecretContext, request: RoundRequest, *, n_features: int) -> nn.Module:
+    protocol = request.protocol
+    model = build_model(protocol.model, n_features=n_features, seed=protocol.seed)
+    if request.global_state is None:
+        return model
+    try:
+        state = EncryptedUpdate.from_bytes(
+            request.global_state,
+            context=key,
+            expected_length=parameter_count(model),
+            max_bytes=MAX_GLOBAL_STATE_BYTES,
+        )
+        set_flat_parameters(model, decrypt_mean(key, state).mean)
+    except CryptoError as error:
+        raise RoundRefusedError(
+            "invalid-global-state", f"the global model could not be decrypted: {error}"
+        ) from error
+    return model
+
+
+def _planned_step(protocol: StudyProtocol, *, n_rows: int) -> PrivacyStep:
+    """This round's DP parameters: σ is set so the whole run lands on the study's target ε."""
+    sample_rate = sample_rate_for(n_rows=n_rows, batch_size=protocol.training.batch_size)
+    steps = steps_per_round(n_rows=n_rows, training=protocol.training)
+    noise = plan_noise_multiplier(
+        dp=protocol.privacy, sample_rate=sample_rate, total_steps=steps * protocol.rounds
+    )
+    return PrivacyStep(
+        sample_rate=sample_rate,
+        noise_multiplier=noise,
+        steps=steps,
+        delta=protocol.privacy.delta,
+        accountant=protocol.privacy.accountant,
+    )
+
+
+def _charge(
+    node: NodeSettings,
+    request: RoundRequest,
+    ledger: PrivacyLedger,
+    policy: NodePolicy,
+    planned: PrivacyStep,
+) -> None:
+    """Fail closed on the study's target for this run, then on the node's lifetime cap."""
+    where = f"round {request.round_number} of run {request.run_id}"
+    privacy = request.protocol.privacy
+    history = ledger.entries(dataset_id=node.dataset_id, run_id=request.run_id)
+    projected = epsilon_of(
+        [*(entry.step for entry in history), planned],
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+    )
+    if projected > privacy.target_epsilon * (1 + TARGET_TOLERANCE):
+        raise RoundRefusedError(
+            "study-target-exceeded",
+            f"{where} would bring this run to ε={projected:.3f}, "
+            f"past the study's target {privacy.target_epsilon:g}",
+        )
+    try:
+        ledger.charge(
+            dataset_id=node.dataset_id,
+            study_id=request.protocol.study_id,
+            run_id=request.run_id,
+            round_number=request.round_number,
+            step=planned,
+            cap=policy.max_lifetime_epsilon,
+            delta=policy.delta,
+            accountant=policy.accountant,
+            context=where,
+        )
+    except BudgetExceededError as error:
+        raise RoundRefusedError("budget-exceeded", str(error)) from error
+
+
+def _run_epsilon(ledger: PrivacyLedger, node: NodeSettings, request: RoundRequest) -> float:
+    privacy = request.protocol.privacy
+    return ledger.epsilon(
+        dataset_id=node.dataset_id,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        run_id=request.run_id,
+    )
+
+
+def _round_seed(protocol: StudyProtocol, hospital: str, round_number: int) -> int:
+    digest = hashlib.sha256(f"{protocol.seed}:{hospital}:{round_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")

@@ -1,0 +1,25 @@
+"""Names of the records exchanged with the aggregator: the hospital's side of the wire contract.
+
+The aggregator defines the same names in `aggregator.wire`; a test keeps both sides equal, so
+the two parties stay deployable on their own.
+"""
+
+from typing import Final
+
+TRAIN: Final = "train"
+EVALUATE: Final = "evaluate"
+
+# Sent by the aggregator.
+ROUND_CONFIG: Final = "round"  # ConfigRecord: study, round number, protocol JSON, final flag
+GLOBAL_STATE: Final = (
+    "global"  # ArrayRecord: the encrypted sum of the previous round (absent in round 1)
+)
+
+# Sent back by hospitals.
+UPDATE: Final = "update"  # ArrayRecord: the hospital's encrypted [n·w, n]
+TRAIN_REPORT: Final = "train-report"  # MetricRecord: ε, DP parameters, rows (rounded), seconds
+EVAL_REPORT: Final = "eval-report"  # MetricRecord: loss, accuracy, ROC AUC, rows
+IDENTITY: Final = "identity"  # ConfigRecord: hospital name, protocol hash, accountant
+REFUSAL: Final = "refusal"  # ConfigRecord: code and reason when a hospital declines a round
+
+BLOB: Final = "bytes"  # the single raw Array inside UPDATE and GLOBAL_STATE

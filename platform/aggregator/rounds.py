@@ -1,0 +1,308 @@
+"""The round loop: broadcast, collect encrypted updates, sum them under HE, let hospitals evaluate.
+
+Every decision about a hospital's reply lands in one of two places: an accepted contribution, or a
+dropped hospital with a reason. A round completes when at least the protocol's minimum of hospitals
+contributed; otherwise the run fails with every reason spelled out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from aggregator import wire
+from aggregator.config import AggregatorConfig
+from aggregator.results import HospitalRound, JsonlResultsSink, RoundResult
+from crypto import AggregatorContext, CryptoError, EncryptedUpdate, sum_updates
+
+NODE_POLL_INTERVAL_S = 0.5
+
+
+class RunFailedError(Exception):
+    """The study cannot go on; the message is the reason shown to researchers."""
+
+
+@dataclass(frozen=True)
+class Contribution:
+    node_id: int
+    update: EncryptedUpdate
+    report: HospitalRound
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    hospital: str
+    rows: int
+    metrics: dict[str, float | None]
+
+
+class HospitalNames:
+    """Hospitals name themselves in their replies; until one has, it is known by its node id."""
+
+    def __init__(self) -> None:
+        self._names: dict[int, str] = {}
+
+    def learn(self, reply: Message) -> None:
+        if wire.IDENTITY in reply.content.config_records:
+            name = reply.content.config_records[wire.IDENTITY].get("hospital")
+            if isinstance(name, str) and name:
+                self._names[reply.metadata.src_node_id] = name
+
+    def __getitem__(self, node_id: int) -> str:
+        return self._names.get(node_id, f"node {node_id}")
+
+
+def run_study(grid: Grid, config: AggregatorConfig, sink: JsonlResultsSink) -> None:
+    """Run every round, report each to `sink`; raise RunFailedError if the study cannot go on."""
+    names = HospitalNames()
+    seen: set[int] = set()
+    global_state: bytes | None = None
+    for round_number in range(1, config.rounds + 1):
+        started = time.monotonic()
+        wait_timeout = config.join_timeout_s if round_number == 1 else 0.0
+        nodes = await_hospitals(grid, minimum=config.min_hospitals, timeout_s=wait_timeout)
+        content = round_content(config, round_number=round_number, global_state=global_state)
+        replies = exchange(grid, nodes, wire.TRAIN, content, round_number, config.round_timeout_s)
+        for reply in replies:
+            names.learn(reply)
+        contributions, dropped = collect_contributions(nodes, replies, names, config)
+        dropped.update(
+            {names[node]: "disconnected from the SuperLink" for node in seen - set(nodes)}
+        )
+        seen.update(nodes)
+        require_quorum(round_number, contributions, dropped, config.min_hospitals)
+        total = sum_updates(config.he_context, [c.update for c in contributions])
+        global_state = total.to_bytes()
+        evaluations = evaluate(grid, config, contributions, global_state, round_number, names)
+        sink.round_completed(
+            RoundResult(
+                round=round_number,
+                participants=[c.report.hospital for c in contributions],
+                dropped=dropped,
+                metrics=weighted_metrics(evaluations),
+                hospitals=[with_metrics(c.report, evaluations) for c in contributions],
+                bytes_down=len(global_state),
+                seconds=round(time.monotonic() - started, 3),
+            )
+        )
+
+
+def await_hospitals(grid: Grid, *, minimum: int, timeout_s: float) -> list[int]:
+    """The connected hospitals, waiting up to `timeout_s` for at least `minimum` of them."""
+    deadline = time.monotonic() + timeout_s
+    nodes = sorted(grid.get_node_ids())
+    while len(nodes) < minimum and time.monotonic() < deadline:
+        time.sleep(NODE_POLL_INTERVAL_S)
+        nodes = sorted(grid.get_node_ids())
+    if len(nodes) < minimum:
+        raise RunFailedError(
+            f"only {len(nodes)} hospital node(s) connected; the study needs {minimum}"
+        )
+    return nodes
+
+
+def round_content(
+    config: AggregatorConfig, *, round_number: int, global_state: bytes | None, final: bool = False
+) -> RecordDict:
+    records: dict[str, ConfigRecord | ArrayRecord] = {
+        wire.ROUND_CONFIG: ConfigRecord(
+            {
+                "study_id": config.study_id,
+                "round": round_number,
+                "rounds": config.rounds,
+                "protocol": config.protocol_json,
+                "final": final,
+            }
+        )
+    }
+    if global_state is not None:
+        records[wire.GLOBAL_STATE] = blob_record(global_state)
+    return RecordDict(records)
+
+
+def blob_record(blob: bytes) -> ArrayRecord:
+    # A raw bytes Array travels in 5 MiB chunks, unlike ConfigRecord bytes (STACK-NOTES).
+    return ArrayRecord(
+        {wire.BLOB: Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)}
+    )
+
+
+def blob_of(reply: Message, record: str) -> bytes:
+    return bytes(reply.content.array_records[record][wire.BLOB].data)
+
+
+def exchange(
+    grid: Grid,
+    nodes: Iterable[int],
+    message_type: str,
+    content: RecordDict,
+    round_number: int,
+    timeout_s: float,
+) -> list[Message]:
+    messages = [
+        Message(
+            content,
+            dst_node_id=node,
+            message_type=message_type,
+            group_id=str(round_number),
+            ttl=timeout_s,
+        )
+        for node in nodes
+    ]
+    return list(grid.send_and_receive(messages, timeout=timeout_s))
+
+
+def collect_contributions(
+    nodes: Sequence[int], replies: Sequence[Message], names: HospitalNames, config: AggregatorConfig
+) -> tuple[list[Contribution], dict[str, str]]:
+    """Split train replies into usable encrypted contributions and dropped hospitals (reasons)."""
+    dropped = no_reply_reasons(nodes, replies, names, config.round_timeout_s)
+    contributions: list[Contribution] = []
+    for reply in replies:
+        hospital = names[reply.metadata.src_node_id]
+        reason = refusal_reason(reply)
+        if reason:
+            dropped[hospital] = reason
+            continue
+        try:
+            contributions.append(parse_contribution(reply, hospital, config))
+        except (CryptoError, KeyError, TypeError, ValueError) as error:
+            dropped[hospital] = f"rejected its update: {error}"
+    return keep_common_length(contributions, dropped)
+
+
+def no_reply_reasons(
+    nodes: Sequence[int], replies: Sequence[Message], names: HospitalNames, timeout_s: float
+) -> dict[str, str]:
+    replied = {reply.metadata.src_node_id for reply in replies}
+    return {
+        names[node]: f"no reply within {timeout_s:g} s" for node in nodes if node not in replied
+    }
+
+
+def refusal_reason(reply: Message) -> str:
+    if reply.has_error():
+        return f"failed: {reply.error.reason}"
+    if wire.REFUSAL in reply.content.config_records:
+        refusal = reply.content.config_records[wire.REFUSAL]
+        return f"refused: {refusal.get('reason', 'no reason given')}"
+    return ""
+
+
+def parse_contribution(reply: Message, hospital: str, config: AggregatorConfig) -> Contribution:
+    update = EncryptedUpdate.from_bytes(
+        blob_of(reply, wire.UPDATE), context=config.he_context, max_bytes=config.max_update_bytes
+    )
+    report = reply.content.metric_records[wire.TRAIN_REPORT]
+    identity = reply.content.config_records[wire.IDENTITY]
+    return Contribution(
+        node_id=reply.metadata.src_node_id,
+        update=update,
+        report=HospitalRound(
+            hospital=hospital,
+            epsilon=float(report["epsilon"]),
+            noise_multiplier=float(report["noise_multiplier"]),
+            sample_rate=float(report["sample_rate"]),
+            steps=int(report["steps"]),
+            delta=float(report["delta"]),
+            accountant=str(identity["accountant"]),
+            rows_rounded=int(report["rows_rounded"]),
+            bytes_up=update.nbytes,
+            train_seconds=float(report["train_seconds"]),
+        ),
+    )
+
+
+def keep_common_length(
+    contributions: list[Contribution], dropped: dict[str, str]
+) -> tuple[list[Contribution], dict[str, str]]:
+    """Drop updates whose length disagrees with the majority: they cannot be summed with it."""
+    if not contributions:
+        return contributions, dropped
+    common, _ = Counter(c.update.length for c in contributions).most_common(1)[0]
+    kept = [c for c in contributions if c.update.length == common]
+    for contribution in contributions:
+        if contribution.update.length != common:
+            dropped[contribution.report.hospital] = (
+                f"sent {contribution.update.length} values where the others sent {common}"
+            )
+    return kept, dropped
+
+
+def require_quorum(
+    round_number: int,
+    contributions: Sequence[Contribution],
+    dropped: dict[str, str],
+    minimum: int,
+) -> None:
+    if len(contributions) >= minimum:
+        return
+    reasons = "; ".join(f"{hospital}: {reason}" for hospital, reason in sorted(dropped.items()))
+    raise RunFailedError(
+        f"round {round_number} needs at least {minimum} hospitals but {len(contributions)} "
+        f"contributed ({reasons or 'no hospital replied'})"
+    )
+
+
+def evaluate(
+    grid: Grid,
+    config: AggregatorConfig,
+    contributions: Sequence[Contribution],
+    global_state: bytes,
+    round_number: int,
+    names: HospitalNames,
+) -> list[Evaluation]:
+    """Hospitals decrypt the new global model and evaluate it on their own held-out rows."""
+    content = round_content(
+        config,
+        round_number=round_number,
+        global_state=global_state,
+        final=round_number == config.rounds,
+    )
+    nodes = [c.node_id for c in contributions]
+    replies = exchange(grid, nodes, wire.EVALUATE, content, round_number, config.round_timeout_s)
+    return [
+        parse_evaluation(reply, names[reply.metadata.src_node_id])
+        for reply in replies
+        if not refusal_reason(reply) and wire.EVAL_REPORT in reply.content.metric_records
+    ]
+
+
+def parse_evaluation(reply: Message, hospital: str) -> Evaluation:
+    report: MetricRecord = reply.content.metric_records[wire.EVAL_REPORT]
+    metrics = {key: float(value) for key, value in report.items() if key != "rows_rounded"}
+    return Evaluation(hospital=hospital, rows=int(report["rows_rounded"]), metrics=metrics)
+
+
+def weighted_metrics(evaluations: Sequence[Evaluation]) -> dict[str, float | None]:
+    """Each metric averaged over the hospitals that reported it, weighted by their held-out rows."""
+    keys = sorted({key for evaluation in evaluations for key in evaluation.metrics})
+    averaged: dict[str, float | None] = {}
+    for key in keys:
+        reporting = [e for e in evaluations if e.metrics.get(key) is not None]
+        weight = sum(e.rows for e in reporting)
+        averaged[key] = (
+            sum(e.rows * float(e.metrics[key] or 0.0) for e in reporting) / weight
+            if weight
+            else None
+        )
+    return averaged
+
+
+def with_metrics(report: HospitalRound, evaluations: Sequence[Evaluation]) -> HospitalRound:
+    metrics = next((e.metrics for e in evaluations if e.hospital == report.hospital), {})
+    return replace(report, metrics=metrics)
+
+
+def aggregator_facts(context: AggregatorContext) -> dict[str, object]:
+    """What anyone can check about the aggregator's key material, read from the live context."""
+    return {
+        "he_context_fingerprint": context.fingerprint,
+        "he_context_bytes": len(context.to_bytes()),
+        "has_secret_key": context.has_secret_key,
+    }

@@ -1,0 +1,108 @@
+"""Prepare the demo consortium: data, the study protocol, the HE key ceremony and hospital nodes."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crypto import CkksParams, SecretContext
+from federation.deployment import HospitalNodeSpec
+from hospitals.demo_data import BREAST_CANCER_SCHEMA, DemoFiles, write_breast_cancer_demo
+from hospitals.keys import save_study_key
+from hospitals.protocol import StudyProtocol, canonical_json
+
+STUDY_ID = "breast-cancer-demo"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    out_dir: Path
+    rounds: int = 5
+    target_epsilon: float = 3.0
+    delta: float = 1e-5
+    seed: int = 7
+    min_hospitals: int = 2
+    round_timeout_s: int = 300
+
+
+@dataclass(frozen=True)
+class Consortium:
+    """Everything prepared for a run: files, protocol, keys and the nodes that will take part."""
+
+    files: DemoFiles
+    protocol: StudyProtocol
+    key: SecretContext
+    hospitals: list[HospitalNodeSpec]
+
+
+def demo_protocol(settings: DemoSettings, *, key: SecretContext) -> dict[str, Any]:
+    return {
+        "study_id": STUDY_ID,
+        "schema": BREAST_CANCER_SCHEMA.to_dict(),
+        "model": {"name": "logistic_regression", "hyperparameters": {}},
+        "training": {
+            "local_epochs": 1,
+            "batch_size": 32,
+            "learning_rate": 1.0,
+            "seed": settings.seed,
+            "holdout_fraction": 0.2,
+        },
+        "privacy": {
+            "target_epsilon": settings.target_epsilon,
+            "delta": settings.delta,
+            "max_grad_norm": 1.0,
+            "accountant": "rdp",
+        },
+        "federation": {
+            "rounds": settings.rounds,
+            "min_hospitals": settings.min_hospitals,
+            "round_timeout_s": settings.round_timeout_s,
+        },
+        "encryption": {
+            "scheme": "ckks",
+            "params": key.params.to_dict(),
+            "context_fingerprint": key.fingerprint,
+        },
+    }
+
+
+def node_policy_toml(*, max_lifetime_epsilon: float) -> str:
+    return (
+        f"max_lifetime_epsilon = {max_lifetime_epsilon}\n"
+        "delta = 1e-5\n"
+        'accountant = "rdp"\n'
+        "min_cohort_size = 50\n"
+        "require_he = true\n"
+        f'allowed_studies = ["{STUDY_ID}"]\n'
+    )
+
+
+def prepare_consortium(settings: DemoSettings) -> Consortium:
+    """Fresh data, key and node state under `out_dir`: each demo starts with empty ledgers."""
+    nodes_dir = settings.out_dir / "nodes"
+    shutil.rmtree(nodes_dir, ignore_errors=True)
+    files = write_breast_cancer_demo(out_dir=settings.out_dir / "data", seed=settings.seed)
+    # One hospital generates the study key; in a deployment it reaches the others sealed to their
+    # public keys. Here all nodes live on one machine, so the demo hands it over directly.
+    key = SecretContext.generate(params=CkksParams())
+    protocol = StudyProtocol.from_dict(demo_protocol(settings, key=key))
+    hospitals = []
+    for data_path in files.hospitals:
+        name = data_path.stem
+        state_dir = nodes_dir / name
+        save_study_key(state_dir / "keys", study_id=STUDY_ID, context=key)
+        policy_path = state_dir / "policy.toml"
+        policy_path.write_text(node_policy_toml(max_lifetime_epsilon=10.0), encoding="utf-8")
+        hospitals.append(
+            HospitalNodeSpec(
+                hospital=name,
+                data_path=data_path,
+                state_dir=state_dir,
+                policy_path=policy_path,
+                dataset_id=f"{name}/breast-cancer",
+            )
+        )
+    (settings.out_dir / "protocol.json").write_text(canonical_json(protocol.document) + "\n")
+    return Consortium(files=files, protocol=protocol, key=key, hospitals=hospitals)

@@ -1,0 +1,159 @@
+"""Assemble report.json from the run's events, the nodes' own records and the comparison models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import tenseal
+
+from crypto import AggregatorContext, SecretContext, encrypt_update
+from demo import baselines
+from demo.setup import Consortium
+from federation.runner import RunOutcome
+from hospitals.data import load_dataset
+from hospitals.ledger import PrivacyLedger
+from hospitals.models import parameter_count
+from hospitals.node import NodeSettings
+from hospitals.participation import released_model_path
+
+
+def build_report(
+    consortium: Consortium, outcome: RunOutcome, *, wall_seconds: float
+) -> dict[str, Any]:
+    protocol = consortium.protocol
+    started = next((e for e in outcome.events if e["event"] == "run-started"), {})
+    report: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "study": {
+            "study_id": protocol.study_id,
+            "protocol": protocol.document,
+            "protocol_sha256": protocol.sha256,
+            "hospitals": [spec.hospital for spec in consortium.hospitals],
+        },
+        "run": {
+            "run_id": str(outcome.run_id),
+            "status": "completed" if outcome.status.succeeded else "failed",
+            "reason": "" if outcome.status.succeeded else outcome.failure_reason,
+            "wall_seconds": round(wall_seconds, 1),
+        },
+        "rounds": [round_summary(event) for event in outcome.rounds],
+        "privacy": privacy_summary(consortium, outcome),
+        "aggregator": aggregator_summary(consortium, started.get("aggregator", {})),
+        "encryption": encryption_summary(consortium, outcome),
+    }
+    if outcome.status.succeeded:
+        report["final"] = final_comparison(consortium, outcome)
+    return report
+
+
+def round_summary(event: dict[str, Any]) -> dict[str, Any]:
+    hospitals = event["hospitals"]
+    return {
+        "round": event["round"],
+        "participants": event["participants"],
+        "dropped": event["dropped"],
+        "metrics": event["metrics"],
+        "epsilon": {h["hospital"]: h["epsilon"] for h in hospitals},
+        "bytes_up": {h["hospital"]: h["bytes_up"] for h in hospitals},
+        "bytes_down": event["bytes_down"],
+        "seconds": event["seconds"],
+    }
+
+
+def node_settings(consortium: Consortium) -> list[NodeSettings]:
+    return [
+        NodeSettings(
+            hospital=spec.hospital,
+            data_path=spec.data_path,
+            state_dir=spec.state_dir,
+            policy_path=spec.policy_path,
+            dataset_id=spec.dataset_id,
+        )
+        for spec in consortium.hospitals
+    ]
+
+
+def privacy_summary(consortium: Consortium, outcome: RunOutcome) -> dict[str, Any]:
+    """Read back from each node's ledger, the authority: ε recomputed from what it recorded."""
+    privacy = consortium.protocol.privacy
+    summary: dict[str, Any] = {}
+    for node in node_settings(consortium):
+        ledger = PrivacyLedger(node.ledger_path)
+        entries = ledger.entries(dataset_id=node.dataset_id, run_id=str(outcome.run_id))
+        if not entries:
+            continue
+        last = entries[-1].step
+        summary[node.hospital] = {
+            "accountant": str(last.accountant),
+            "delta": last.delta,
+            "epsilon": ledger.epsilon(
+                dataset_id=node.dataset_id,
+                delta=privacy.delta,
+                accountant=privacy.accountant,
+                run_id=str(outcome.run_id),
+            ),
+            "target_epsilon": privacy.target_epsilon,
+            "noise_multiplier": last.noise_multiplier,
+            "sample_rate": last.sample_rate,
+            "steps": sum(entry.step.steps for entry in entries),
+            "rounds": len(entries),
+        }
+    return summary
+
+
+def aggregator_summary(consortium: Consortium, facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts the aggregator reported, plus a decryption attempt with exactly its context."""
+    return {**facts, "decrypt_attempt": decryption_attempt(consortium.key)}
+
+
+def decryption_attempt(key: SecretContext) -> str:
+    """Try to decrypt a real ciphertext of the study with the aggregator's context, as an attacker
+    holding it would: straight through TenSEAL, bypassing the crypto library's own checks."""
+    aggregator = AggregatorContext.from_bytes(key.aggregator_context().to_bytes())
+    probe = encrypt_update(key, values=np.ones(4), weight=1.0)
+    ciphertext = tenseal.ckks_vector_from(aggregator.tenseal_context, probe.chunks[0])
+    try:
+        ciphertext.decrypt()
+    except ValueError as error:
+        return f"refused by TenSEAL: {error}"
+    return "DECRYPTED: the aggregator's context holds a key"
+
+
+def encryption_summary(consortium: Consortium, outcome: RunOutcome) -> dict[str, Any]:
+    parameters = parameter_count(baselines.fresh_model(consortium.protocol))
+    sizes = [h["bytes_up"] for event in outcome.rounds for h in event["hospitals"]]
+    update_bytes = int(np.median(sizes)) if sizes else 0
+    float32_bytes = parameters * 4
+    return {
+        "params": consortium.key.params.to_dict(),
+        "parameters": parameters,
+        "update_bytes": update_bytes,
+        "float32_bytes": float32_bytes,
+        "expansion": round(update_bytes / float32_bytes, 1) if update_bytes else None,
+    }
+
+
+def final_comparison(consortium: Consortium, outcome: RunOutcome) -> dict[str, Any]:
+    protocol = consortium.protocol
+    test = load_dataset(consortium.files.test, protocol.schema)
+    nodes = node_settings(consortium)
+    released = np.load(
+        released_model_path(nodes[0], study_id=protocol.study_id, run_id=str(outcome.run_id))
+    )
+    federated = baselines.released(protocol, released["parameters"])
+    trains = {node.hospital: baselines.training_rows(protocol, node.data_path) for node in nodes}
+    local = {
+        name: baselines.metrics_on(
+            baselines.local_only(protocol, train, seed=protocol.seed + index), test
+        ).to_dict()
+        for index, (name, train) in enumerate(trains.items())
+    }
+    centralized = baselines.centralized(protocol, list(trains.values()), seed=protocol.seed)
+    return {
+        "test_rows": len(test),
+        "federated": baselines.metrics_on(federated, test).to_dict(),
+        "local_only": local,
+        "centralized": baselines.metrics_on(centralized, test).to_dict(),
+    }

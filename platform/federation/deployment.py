@@ -1,0 +1,231 @@
+"""A whole Flower deployment on this machine: one SuperLink and one SuperNode per hospital.
+
+Every process gets free loopback ports, its own log file and its own process group, and is stopped
+by PID on exit, Ctrl-C included. Processes that Flower spawns (SuperExec, ServerApp, ClientApps)
+follow their parents down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from federation.control import SCRIPTS_DIR, FlowerControl
+
+STOP_GRACE_S = 5.0
+CONNECTION = "local"
+
+
+@dataclass(frozen=True)
+class HospitalNodeSpec:
+    """One hospital's SuperNode: its name, its data and its own state directory."""
+
+    hospital: str
+    data_path: Path
+    state_dir: Path
+    policy_path: Path
+    dataset_id: str
+
+    def node_config(self) -> str:
+        pairs = {
+            "hospital": self.hospital,
+            "data-path": str(self.data_path.resolve()),
+            "state-dir": str(self.state_dir.resolve()),
+            "policy-path": str(self.policy_path.resolve()),
+            "dataset-id": self.dataset_id,
+        }
+        return " ".join(f"{key}={_toml_string(value)}" for key, value in pairs.items())
+
+
+def _toml_string(value: str) -> str:
+    # Node config values are parsed as TOML; JSON string escaping is valid TOML basic-string syntax.
+    return json.dumps(value)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def flower_environment(flwr_home: Path) -> dict[str, str]:
+    """The environment for Flower's processes and CLI, with this interpreter's scripts on PATH."""
+    return {
+        **os.environ,
+        "PATH": f"{SCRIPTS_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        # Otherwise the SuperLink runs `uv sync` per run and downloads a CUDA torch (STACK-NOTES).
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+class ManagedProcess:
+    """A child process in its own process group, logging to a file, stopped by PID."""
+
+    def __init__(
+        self, name: str, command: Sequence[str], *, log_path: Path, env: Mapping[str, str]
+    ):
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            self.popen = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                list(command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(env),
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM to the whole group, then SIGKILL after a grace period."""
+        if not self.alive():
+            return
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self._signal_group(signal.SIGKILL)
+            self.popen.wait()
+
+    def kill(self) -> None:
+        """Die at once, as a crashed hospital would."""
+        self._signal_group(signal.SIGKILL)
+        self.popen.wait()
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+class LocalFederation:
+    """SuperLink + SuperNodes on loopback, for the demo, tests and single-machine studies."""
+
+    def __init__(self, *, workdir: Path, hospitals: Sequence[HospitalNodeSpec]) -> None:
+        self.workdir = workdir
+        self.hospitals = list(hospitals)
+        self.port = free_port()
+        self.flwr_home = workdir / "flwr-home"
+        self.env = flower_environment(self.flwr_home)
+        self.control = FlowerControl(env=self.env, connection=CONNECTION)
+        self.superlink: ManagedProcess | None = None
+        self.supernodes: dict[str, ManagedProcess] = {}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self, *, connect_timeout_s: float = 60.0) -> None:
+        self._write_cli_config()
+        self.superlink = ManagedProcess(
+            "superlink",
+            [
+                str(SCRIPTS_DIR / "flower-superlink"),
+                "--insecure",
+                "--port",
+                str(self.port),
+                "--database",
+                str(self.workdir / "superlink.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+            log_path=self.workdir / "logs" / "superlink.log",
+            env=self.env,
+        )
+        for spec in self.hospitals:
+            self.start_hospital(spec)
+        self.wait_for_nodes(len(self.hospitals), timeout_s=connect_timeout_s)
+
+    def start_hospital(self, spec: HospitalNodeSpec) -> ManagedProcess:
+        spec.state_dir.mkdir(parents=True, exist_ok=True)
+        process = ManagedProcess(
+            spec.hospital,
+            [
+                str(SCRIPTS_DIR / "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                self.address,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                spec.node_config(),
+            ],
+            log_path=self.workdir / "logs" / f"supernode-{spec.hospital}.log",
+            env=self.env,
+        )
+        self.supernodes[spec.hospital] = process
+        return process
+
+    def wait_for_nodes(self, count: int, *, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._raise_if_exited()
+            if self.control.online_nodes() >= count:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(
+            f"{count} hospital node(s) did not connect to the SuperLink at {self.address} within "
+            f"{timeout_s:g} s; see the logs in {self.workdir / 'logs'}"
+        )
+
+    def stop(self) -> None:
+        for process in [*self.supernodes.values(), self.superlink]:
+            if process is not None:
+                process.stop()
+
+    def describe(self) -> str:
+        pids = ", ".join(f"{name} {p.pid}" for name, p in self.supernodes.items())
+        superlink = self.superlink.pid if self.superlink else "-"
+        return f"SuperLink {self.address} (pid {superlink}); SuperNodes: {pids}"
+
+    def _write_cli_config(self) -> None:
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n',
+            encoding="utf-8",
+        )
+
+    def _raise_if_exited(self) -> None:
+        for process in [self.superlink, *self.supernodes.values()]:
+            if process is not None and not process.alive():
+                raise RuntimeError(
+                    f"{process.name} exited with code {process.popen.returncode} during start-up; "
+                    f"see its log {process.log_path}"
+                )

@@ -1,0 +1,117 @@
+"""Submit a study to a SuperLink and follow it to the end, event by event.
+
+Progress comes from the aggregator's results sink (cheap to read); the Control API is asked for
+the run's status only now and then and once the sink says the run finished, because every `flwr`
+call starts a Python process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aggregator.results import read_events
+from federation.control import FlowerControl, RunStatus
+
+EVENT_POLL_S = 0.5
+STATUS_POLL_S = 10.0
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """What a run needs: the protocol, the keyless HE context and where results go."""
+
+    protocol_json: str
+    aggregator_context: bytes
+    results_path: Path
+    join_timeout_s: int = 120
+
+
+@dataclass
+class RunOutcome:
+    run_id: int
+    status: RunStatus
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        return [event for event in self.events if event["event"] == "round"]
+
+    @property
+    def failure_reason(self) -> str:
+        finished = [e for e in self.events if e["event"] == "run-finished"]
+        reason = finished[-1]["reason"] if finished else ""
+        return reason or self.status.details or self.status.status
+
+
+def write_run_config(request: StudyRequest, path: Path) -> Path:
+    """The run's overrides as TOML (JSON string escapes are valid TOML basic strings)."""
+    values: dict[str, str | int] = {
+        "protocol": request.protocol_json,
+        "he-context": base64.b64encode(request.aggregator_context).decode("ascii"),
+        "results-path": str(request.results_path.resolve()),
+        "join-timeout-s": request.join_timeout_s,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
+    return path
+
+
+def run_and_follow(
+    control: FlowerControl,
+    request: StudyRequest,
+    *,
+    on_event: Callable[[dict[str, Any]], None] = lambda event: None,
+    timeout_s: float = 3600.0,
+) -> RunOutcome:
+    """Submit the study, pass each result event to `on_event` as it lands, return the outcome."""
+    request.results_path.unlink(missing_ok=True)
+    run_config = write_run_config(request, request.results_path.with_suffix(".run-config.toml"))
+    run_id = control.submit(run_config)
+    return follow(control, run_id, request.results_path, on_event=on_event, timeout_s=timeout_s)
+
+
+def follow(
+    control: FlowerControl,
+    run_id: int,
+    results_path: Path,
+    *,
+    on_event: Callable[[dict[str, Any]], None],
+    timeout_s: float,
+) -> RunOutcome:
+    outcome = RunOutcome(run_id=run_id, status=RunStatus(run_id, "pending", ""))
+    deadline = time.monotonic() + timeout_s
+    next_status_check = time.monotonic() + STATUS_POLL_S
+    while True:
+        fresh = read_events(results_path)[len(outcome.events) :]
+        for event in fresh:
+            on_event(event)
+        outcome.events.extend(fresh)
+        # Once the sink says the run ended, Flower's status follows within moments: ask at once.
+        sink_finished = any(event["event"] == "run-finished" for event in outcome.events)
+        if sink_finished or time.monotonic() >= next_status_check:
+            outcome.status = control.status(run_id)
+            next_status_check = time.monotonic() + STATUS_POLL_S
+            if outcome.status.finished:
+                return _with_late_events(outcome, results_path, on_event)
+        if time.monotonic() >= deadline:
+            control.stop(run_id)
+            raise TimeoutError(
+                f"run {run_id} did not finish within {timeout_s:g} s and was stopped"
+            )
+        time.sleep(EVENT_POLL_S)
+
+
+def _with_late_events(
+    outcome: RunOutcome, results_path: Path, on_event: Callable[[dict[str, Any]], None]
+) -> RunOutcome:
+    late = read_events(results_path)[len(outcome.events) :]
+    for event in late:
+        on_event(event)
+    outcome.events.extend(late)
+    return outcome

@@ -1,0 +1,152 @@
+"""The round loop with the real ClientApp, DP-SGD and CKKS; messages are delivered in-process."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message
+
+from aggregator import wire
+from aggregator.config import AggregatorConfig, ConfigError
+from aggregator.results import JsonlResultsSink, read_events
+from aggregator.rounds import RunFailedError, run_study
+from demo.setup import Consortium
+from hospitals.node import NodeSettings
+from hospitals.participation import released_model_path
+from hospitals.protocol import canonical_json
+from tests.inprocess import RUN_ID, InProcessGrid
+
+
+def aggregator_config(
+    consortium: Consortium, results: Path, *, he_context: bytes | None = None
+) -> AggregatorConfig:
+    context = (
+        he_context if he_context is not None else consortium.key.aggregator_context().to_bytes()
+    )
+    return AggregatorConfig.from_run_config(
+        {
+            "protocol": canonical_json(consortium.protocol.document),
+            "he-context": base64.b64encode(context).decode(),
+            "results-path": str(results),
+        }
+    )
+
+
+def run(consortium: Consortium, tmp_path: Path, grid: InProcessGrid) -> list[dict]:
+    results = tmp_path / "results.jsonl"
+    run_study(grid, aggregator_config(consortium, results), JsonlResultsSink(results))
+    return [event for event in read_events(results) if event["event"] == "round"]
+
+
+def released(consortium: Consortium, hospital: str) -> np.ndarray:
+    spec = next(s for s in consortium.hospitals if s.hospital == hospital)
+    node = NodeSettings(
+        spec.hospital, spec.data_path, spec.state_dir, spec.policy_path, spec.dataset_id
+    )
+    path = released_model_path(node, study_id=consortium.protocol.study_id, run_id=str(RUN_ID))
+    return np.load(path)["parameters"]
+
+
+def test_every_hospital_contributes_and_all_decrypt_the_same_model(make_consortium, tmp_path):
+    consortium = make_consortium(rounds=2)
+    rounds = run(consortium, tmp_path, InProcessGrid(consortium.hospitals))
+
+    assert [r["round"] for r in rounds] == [1, 2]
+    for result in rounds:
+        assert sorted(result["participants"]) == ["hospital-a", "hospital-b", "hospital-c"]
+        assert result["dropped"] == {}
+        assert result["metrics"]["roc_auc"] > 0.8
+    epsilons = [[h["epsilon"] for h in r["hospitals"]] for r in rounds]
+    assert all(0 < first < second <= 3.0 * 1.001 for first, second in zip(*epsilons, strict=True))
+    models = [released(consortium, name) for name in ("hospital-a", "hospital-b", "hospital-c")]
+    np.testing.assert_array_equal(models[0], models[1])
+    np.testing.assert_array_equal(models[0], models[2])
+
+
+def test_a_silent_hospital_is_dropped_and_the_round_completes(make_consortium, tmp_path):
+    consortium = make_consortium(rounds=1)
+    grid = InProcessGrid(consortium.hospitals, hooks={"hospital-c": lambda reply: None})
+
+    (result,) = run(consortium, tmp_path, grid)
+
+    assert sorted(result["participants"]) == ["hospital-a", "hospital-b"]
+    assert result["dropped"] == {f"node {grid.node_id('hospital-c')}": "no reply within 300 s"}
+
+
+def test_a_malformed_update_is_rejected_without_stopping_the_round(make_consortium, tmp_path):
+    def garble(reply: Message) -> Message:
+        if wire.UPDATE in reply.content.array_records:
+            junk = b"COHE" + bytes(100)
+            reply.content.array_records[wire.UPDATE] = ArrayRecord(
+                {wire.BLOB: Array(dtype="bytes", shape=(len(junk),), stype="raw", data=junk)}
+            )
+        return reply
+
+    consortium = make_consortium(rounds=1)
+    (result,) = run(
+        consortium, tmp_path, InProcessGrid(consortium.hospitals, hooks={"hospital-b": garble})
+    )
+
+    assert sorted(result["participants"]) == ["hospital-a", "hospital-c"]
+    assert result["dropped"]["hospital-b"].startswith("rejected its update: ")
+
+
+def test_the_run_fails_with_reasons_when_too_few_hospitals_contribute(make_consortium, tmp_path):
+    consortium = make_consortium(rounds=1, min_hospitals=3)
+    # A node whose policy does not allow the study refuses, with a reason it is safe to publish.
+    consortium.hospitals[0].policy_path.write_text('allowed_studies = ["another-study"]\n')
+    grid = InProcessGrid(consortium.hospitals)
+
+    with pytest.raises(
+        RunFailedError, match="round 1 needs at least 3 hospitals but 2 contributed"
+    ) as failure:
+        run(consortium, tmp_path, grid)
+
+    assert "hospital-a: refused: node policy does not allow study 'breast-cancer-demo'" in str(
+        failure.value
+    )
+
+
+def test_the_aggregator_refuses_a_context_that_carries_the_secret_key(make_consortium, tmp_path):
+    consortium = make_consortium(rounds=1)
+    with pytest.raises(ConfigError, match="not a usable aggregator context"):
+        aggregator_config(consortium, tmp_path / "r.jsonl", he_context=consortium.key.to_bytes())
+
+
+def test_the_aggregator_refuses_another_studys_context(make_consortium, tmp_path):
+    from crypto import SecretContext
+
+    consortium = make_consortium(rounds=1)
+    stranger = SecretContext.generate().aggregator_context().to_bytes()
+    with pytest.raises(ConfigError, match="another study's context"):
+        aggregator_config(consortium, tmp_path / "r.jsonl", he_context=stranger)
+
+
+def test_no_message_to_the_aggregator_carries_a_patient_identifier_or_raw_value(
+    make_consortium, tmp_path
+):
+    consortium = make_consortium(rounds=1)
+    grid = InProcessGrid(consortium.hospitals)
+    run(consortium, tmp_path, grid)
+
+    payload = b"".join(serialized(reply) for reply in grid.received)
+    for spec in consortium.hospitals:
+        rows = spec.data_path.read_text().splitlines()[1:]
+        for row in rows[:25]:
+            patient_id, *values = row.split(",")
+            assert patient_id.encode() not in payload
+            assert row.encode() not in payload
+
+
+def serialized(message: Message) -> bytes:
+    parts = [repr(dict(record)).encode() for record in message.content.config_records.values()]
+    parts += [repr(dict(record)).encode() for record in message.content.metric_records.values()]
+    parts += [
+        bytes(array.data)
+        for record in message.content.array_records.values()
+        for array in record.values()
+    ]
+    return b"".join(parts)

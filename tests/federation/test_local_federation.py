@@ -1,0 +1,100 @@
+"""A real Flower deployment: a SuperLink and three SuperNodes as separate processes on loopback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from demo.setup import Consortium
+from federation.deployment import LocalFederation
+from federation.runner import StudyRequest, run_and_follow
+from hospitals.ledger import PrivacyLedger
+from hospitals.node import NodeSettings
+from hospitals.participation import released_model_path
+from hospitals.protocol import canonical_json
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def study_request(consortium: Consortium, tmp_path) -> StudyRequest:
+    return StudyRequest(
+        protocol_json=canonical_json(consortium.protocol.document),
+        aggregator_context=consortium.key.aggregator_context().to_bytes(),
+        results_path=tmp_path / "results.jsonl",
+        join_timeout_s=60,
+    )
+
+
+def nodes(consortium: Consortium) -> dict[str, NodeSettings]:
+    return {
+        spec.hospital: NodeSettings(
+            spec.hospital, spec.data_path, spec.state_dir, spec.policy_path, spec.dataset_id
+        )
+        for spec in consortium.hospitals
+    }
+
+
+def test_two_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_consortium, tmp_path):
+    consortium = make_consortium(rounds=2, round_timeout_s=45)
+    with LocalFederation(
+        workdir=tmp_path / "federation", hospitals=consortium.hospitals
+    ) as federation:
+
+        def kill_c_after_round_one(event: dict) -> None:
+            if event["event"] == "round" and event["round"] == 1:
+                federation.supernodes["hospital-c"].kill()
+
+        outcome = run_and_follow(
+            federation.control,
+            study_request(consortium, tmp_path),
+            on_event=kill_c_after_round_one,
+            timeout_s=480,
+        )
+        processes = [federation.superlink, *federation.supernodes.values()]
+
+    assert not any(process.alive() for process in processes)
+    assert outcome.status.status == "finished:completed", outcome.failure_reason
+    first, second = outcome.rounds
+    assert sorted(first["participants"]) == ["hospital-a", "hospital-b", "hospital-c"]
+    assert sorted(second["participants"]) == ["hospital-a", "hospital-b"]
+    assert second["dropped"]["hospital-c"] in {
+        "no reply within 45 s",
+        "disconnected from the SuperLink",
+    }
+    assert second["metrics"]["roc_auc"] > 0.8
+    assert all(
+        h["bytes_up"] > 0 and 0 < h["epsilon"] <= 3.003
+        for r in outcome.rounds
+        for h in r["hospitals"]
+    )
+
+    run_id = str(outcome.run_id)
+    node = nodes(consortium)
+    recorded = {
+        name: len(PrivacyLedger(n.ledger_path).entries(dataset_id=n.dataset_id, run_id=run_id))
+        for name, n in node.items()
+    }
+    assert recorded == {"hospital-a": 2, "hospital-b": 2, "hospital-c": 1}
+    study = consortium.protocol.study_id
+    model_a = np.load(released_model_path(node["hospital-a"], study_id=study, run_id=run_id))[
+        "parameters"
+    ]
+    model_b = np.load(released_model_path(node["hospital-b"], study_id=study, run_id=run_id))[
+        "parameters"
+    ]
+    np.testing.assert_array_equal(model_a, model_b)
+
+
+def test_flower_reports_a_failed_run_with_the_aggregators_reason(make_consortium, tmp_path):
+    consortium = make_consortium(rounds=1, min_hospitals=3, round_timeout_s=45)
+    consortium.hospitals[0].policy_path.write_text('allowed_studies = ["another-study"]\n')
+    with LocalFederation(
+        workdir=tmp_path / "federation", hospitals=consortium.hospitals
+    ) as federation:
+        outcome = run_and_follow(
+            federation.control, study_request(consortium, tmp_path), timeout_s=300
+        )
+
+    assert outcome.status.status == "finished:failed"
+    assert "round 1 needs at least 3 hospitals but 2 contributed" in outcome.failure_reason
+    assert "node policy does not allow study" in outcome.failure_reason

@@ -1,0 +1,383 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp
+from scipy.optimize import brentq
+from scipy.stats import norm
+from torch import nn
+
+from hospitals.dp import (
+    Accountant,
+    DpSettings,
+    PrivacyStep,
+    TrainingSettings,
+    epsilon_of,
+    plan_noise_multiplier,
+    sample_rate_for,
+    steps_per_round,
+    train_dp,
+    train_plain,
+)
+from hospitals.evaluation import evaluate
+
+DELTA = 1e-5
+N_FEATURES = 4
+
+
+def separable_data(n_rows: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n_rows, N_FEATURES)).astype(np.float32)
+    labels = (features @ np.array([2.0, -1.0, 0.5, 1.5]) > 0).astype(np.int64)
+    return features, labels
+
+
+def logistic_model(seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(N_FEATURES, 1)
+
+
+def weights_of(model: nn.Module) -> list[torch.Tensor]:
+    return [parameter.detach().clone() for parameter in model.parameters()]
+
+
+def same_weights(left: nn.Module, right: nn.Module) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(weights_of(left), weights_of(right), strict=True))
+
+
+def private_training(
+    model: nn.Module,
+    *,
+    n_rows: int = 300,
+    training: TrainingSettings | None = None,
+    noise_multiplier: float = 0.8,
+    seed: int = 7,
+    accountant: Accountant = Accountant.RDP,
+) -> PrivacyStep:
+    features, labels = separable_data(n_rows)
+    return train_dp(
+        model,
+        features=features,
+        labels=labels,
+        training=training or TrainingSettings(local_epochs=2, batch_size=30, learning_rate=0.5),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=1.0,
+        delta=DELTA,
+        seed=seed,
+        accountant=accountant,
+    )
+
+
+class RecordingLogistic(nn.Module):
+    """A logistic model that remembers the size of every batch it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(N_FEATURES, 1)
+        self.batch_sizes: list[int] = []
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(inputs.shape[0])
+        logits: torch.Tensor = self.linear(inputs)
+        return logits
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"target_epsilon": 0.0}, "target_epsilon"),
+        ({"target_epsilon": float("inf")}, "target_epsilon"),
+        ({"delta": 0.0}, "delta"),
+        ({"delta": 1.0}, "delta"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"accountant": "gdp"}, "gdp"),
+    ],
+)
+def test_dp_settings_reject_bad_values(arguments: dict[str, object], named: str) -> None:
+    valid: dict[str, object] = {"target_epsilon": 3.0, "delta": DELTA, "max_grad_norm": 1.0}
+    with pytest.raises(ValueError, match=named):
+        DpSettings(**{**valid, **arguments})  # type: ignore[arg-type]
+
+
+def test_dp_settings_accept_accountant_names_from_configs() -> None:
+    settings = DpSettings(target_epsilon=3.0, delta=DELTA, max_grad_norm=1.0, accountant="prv")  # type: ignore[arg-type]
+    assert settings.accountant is Accountant.PRV
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"local_epochs": 0}, "local_epochs"),
+        ({"local_epochs": True}, "local_epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+    ],
+)
+def test_training_settings_reject_bad_values(arguments: dict[str, object], named: str) -> None:
+    valid: dict[str, object] = {"local_epochs": 1, "batch_size": 10, "learning_rate": 0.1}
+    with pytest.raises(ValueError, match=named):
+        TrainingSettings(**{**valid, **arguments})  # type: ignore[arg-type]
+
+
+# --- sampling arithmetic ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "batch_size", "sample_rate"),
+    [(1000, 100, 0.1), (1000, 64, 1 / 16), (40, 50, 1.0), (40, 40, 1.0), (7, 1, 1 / 7)],
+)
+def test_sample_rate_is_one_over_the_plain_loader_length(
+    n_rows: int, batch_size: int, sample_rate: float
+) -> None:
+    assert sample_rate_for(n_rows=n_rows, batch_size=batch_size) == sample_rate
+
+
+def test_sample_rate_rejects_empty_data() -> None:
+    with pytest.raises(ValueError, match="n_rows"):
+        sample_rate_for(n_rows=0, batch_size=10)
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "batch_size", "local_epochs", "expected_steps"),
+    [
+        (300, 30, 2, 20),
+        (1000, 64, 1, 16),
+        # Opacus runs int(1 / (1 / 93)) = 92 batches per epoch: floating point, not 93.
+        (93, 1, 1, 92),
+    ],
+)
+def test_train_dp_takes_exactly_the_steps_planned(
+    n_rows: int, batch_size: int, local_epochs: int, expected_steps: int
+) -> None:
+    training = TrainingSettings(local_epochs=local_epochs, batch_size=batch_size, learning_rate=0.1)
+    assert steps_per_round(n_rows=n_rows, training=training) == expected_steps
+
+    spent = private_training(logistic_model(), n_rows=n_rows, training=training)
+
+    assert spent.steps == expected_steps
+    assert spent.sample_rate == sample_rate_for(n_rows=n_rows, batch_size=batch_size)
+    assert spent.noise_multiplier == 0.8
+    assert spent.delta == DELTA
+    assert spent.accountant is Accountant.RDP
+
+
+# --- accounting -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accountant", "expected_sigma"),
+    # Measured with Opacus 1.6 for ε=3, δ=1e-5, q=0.1, 250 steps.
+    [(Accountant.RDP, 2.568), (Accountant.PRV, 2.402)],
+)
+def test_planned_noise_lands_on_the_target_epsilon(
+    accountant: Accountant, expected_sigma: float
+) -> None:
+    dp = DpSettings(target_epsilon=3.0, delta=DELTA, max_grad_norm=1.0, accountant=accountant)
+
+    sigma = plan_noise_multiplier(dp=dp, sample_rate=0.1, total_steps=250)
+    planned = PrivacyStep(
+        sample_rate=0.1, noise_multiplier=sigma, steps=250, delta=DELTA, accountant=accountant
+    )
+    epsilon = epsilon_of([planned], delta=DELTA, accountant=accountant)
+
+    assert 0.99 * 3.0 <= epsilon <= 3.0
+    assert sigma == pytest.approx(expected_sigma, rel=0.01)
+
+
+def test_planning_refuses_a_budget_no_noise_can_meet() -> None:
+    dp = DpSettings(target_epsilon=0.01, delta=DELTA, max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="raise the budget"):
+        plan_noise_multiplier(dp=dp, sample_rate=1.0, total_steps=1000)
+
+
+def test_published_mnist_figure_is_reproduced() -> None:
+    # Abadi et al. / TF-Privacy / Opacus README: q=256/60000, σ=1.1, 60 epochs, δ=1e-5, ε≈2.9-3.0
+    # with the classic RDP conversion ε = min_α RDP(α) + log(1/δ)/(α-1). Opacus 1.6's get_epsilon
+    # uses the tighter conversion of Balle et al. 2020 (Thm 21) and reports 2.60; PRV gives 2.39.
+    sample_rate = 256 / 60000
+    steps = int(60 / sample_rate)
+    history = [
+        PrivacyStep(
+            sample_rate=sample_rate,
+            noise_multiplier=1.1,
+            steps=steps,
+            delta=DELTA,
+            accountant=Accountant.RDP,
+        )
+    ]
+    orders = np.array(RDPAccountant.DEFAULT_ALPHAS)
+    rdp = compute_rdp(q=sample_rate, noise_multiplier=1.1, steps=steps, orders=list(orders))
+    classic = float(np.min(rdp + np.log(1 / DELTA) / (orders - 1)))
+
+    assert steps == 14062
+    assert classic == pytest.approx(3.01, abs=0.01)
+    assert epsilon_of(history, delta=DELTA, accountant=Accountant.RDP) == pytest.approx(
+        2.597, abs=0.005
+    )
+    assert epsilon_of(history, delta=DELTA, accountant=Accountant.PRV) == pytest.approx(
+        2.39, abs=0.02
+    )
+
+
+def test_epsilon_of_composes_the_history() -> None:
+    def step(steps: int, sigma: float = 1.0) -> PrivacyStep:
+        return PrivacyStep(
+            sample_rate=0.05,
+            noise_multiplier=sigma,
+            steps=steps,
+            delta=DELTA,
+            accountant=Accountant.RDP,
+        )
+
+    for accountant in Accountant:
+        assert epsilon_of([], delta=DELTA, accountant=accountant) == 0.0
+        whole = epsilon_of([step(200)], delta=DELTA, accountant=accountant)
+        split = epsilon_of([step(120), step(80)], delta=DELTA, accountant=accountant)
+        assert split == pytest.approx(whole, rel=1e-9)
+        assert epsilon_of([step(100)], delta=DELTA, accountant=accountant) < whole
+    mixed = epsilon_of([step(100), step(100, sigma=2.0)], delta=DELTA, accountant=Accountant.RDP)
+    assert epsilon_of([step(100)], delta=DELTA, accountant=Accountant.RDP) < mixed < whole
+
+
+def exact_gaussian_epsilon(*, noise_multiplier: float, steps: int, delta: float) -> float:
+    """Tight ε of `steps` full-batch Gaussian steps (Balle & Wang 2018, Theorem 8)."""
+    mu = np.sqrt(steps) / noise_multiplier
+
+    def delta_at(epsilon: float) -> float:
+        return float(
+            norm.cdf(-epsilon / mu + mu / 2)
+            - np.exp(epsilon) * norm.cdf(-epsilon / mu - mu / 2)
+            - delta
+        )
+
+    return float(brentq(delta_at, 0.0, 100.0))
+
+
+@pytest.mark.parametrize(("noise_multiplier", "steps"), [(2.0, 10), (5.0, 3)])
+def test_full_batch_epsilon_bounds_the_exact_gaussian_value(
+    noise_multiplier: float, steps: int
+) -> None:
+    # q = 1 (a dataset no larger than one batch) has a closed form to check both accountants by.
+    exact = exact_gaussian_epsilon(noise_multiplier=noise_multiplier, steps=steps, delta=DELTA)
+    history = [
+        PrivacyStep(
+            sample_rate=1.0,
+            noise_multiplier=noise_multiplier,
+            steps=steps,
+            delta=DELTA,
+            accountant=Accountant.PRV,
+        )
+    ]
+
+    prv = epsilon_of(history, delta=DELTA, accountant=Accountant.PRV)
+    rdp = epsilon_of(history, delta=DELTA, accountant=Accountant.RDP)
+
+    assert exact <= prv <= exact + 0.02  # PRV returns an upper bound within its ε error
+    assert exact <= rdp <= 1.2 * exact
+
+
+def test_privacy_step_rejects_impossible_values() -> None:
+    with pytest.raises(ValueError, match="sample_rate"):
+        PrivacyStep(
+            sample_rate=1.5, noise_multiplier=1.0, steps=1, delta=DELTA, accountant=Accountant.RDP
+        )
+    with pytest.raises(ValueError, match="steps"):
+        PrivacyStep(
+            sample_rate=0.1, noise_multiplier=1.0, steps=0, delta=DELTA, accountant=Accountant.RDP
+        )
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def test_train_dp_learns_separable_data() -> None:
+    model = logistic_model()
+    features, labels = separable_data(300)
+    before = evaluate(model, features=features, labels=labels)
+
+    private_training(model)
+
+    after = evaluate(model, features=features, labels=labels)
+    assert after.loss < 0.7 * before.loss
+    assert after.accuracy > 0.85
+
+
+def test_train_dp_is_deterministic_for_a_seed() -> None:
+    first, second, other_seed = logistic_model(), logistic_model(), logistic_model()
+
+    private_training(first, seed=11)
+    private_training(second, seed=11)
+    private_training(other_seed, seed=12)
+
+    assert same_weights(first, second)
+    assert not same_weights(first, other_seed)
+
+
+def test_more_noise_gives_different_weights() -> None:
+    quiet, noisy = logistic_model(), logistic_model()
+
+    private_training(quiet, noise_multiplier=0.5)
+    private_training(noisy, noise_multiplier=5.0)
+
+    assert not same_weights(quiet, noisy)
+
+
+def test_train_dp_updates_the_callers_module_and_leaves_it_clean() -> None:
+    model = logistic_model()
+    untouched = copy.deepcopy(model)
+    model.eval()
+    parameters_before = list(model.parameters())
+
+    private_training(model)
+
+    assert not same_weights(model, untouched)
+    assert all(a is b for a, b in zip(model.parameters(), parameters_before, strict=True))
+    assert not model.training  # the caller's mode is restored
+    for parameter in model.parameters():
+        assert vars(parameter) == {}  # no grad_sample, summed_grad, _forward_counter, ...
+        assert parameter.grad is None
+    assert vars(model).keys() == vars(untouched).keys()  # no activations, hook lists, ...
+    assert not model._forward_hooks and not model._backward_hooks
+    assert model._is_full_backward_hook is untouched._is_full_backward_hook
+
+    after_first_round = weights_of(model)
+    private_training(model, seed=8)  # Opacus refuses to hook a module twice: this proves cleanup
+    assert not all(
+        torch.equal(a, b) for a, b in zip(after_first_round, weights_of(model), strict=True)
+    )
+
+
+def test_empty_poisson_batches_take_a_noise_only_step() -> None:
+    model = RecordingLogistic()
+    training = TrainingSettings(local_epochs=5, batch_size=1, learning_rate=0.1)
+
+    spent = private_training(model, n_rows=4, training=training, seed=3)
+
+    assert 0 in model.batch_sizes  # Poisson sampling at q=1/4 did draw empty batches
+    assert spent.steps == 20 == len(model.batch_sizes)
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+
+
+def test_train_dp_with_the_prv_accountant_reports_prv() -> None:
+    spent = private_training(logistic_model(), accountant=Accountant.PRV)
+    assert spent.accountant is Accountant.PRV
+    assert spent.steps == 20
+
+
+def test_train_plain_learns_and_is_deterministic() -> None:
+    features, labels = separable_data(300)
+    training = TrainingSettings(local_epochs=3, batch_size=30, learning_rate=0.5)
+    first, second = logistic_model(), logistic_model()
+    before = evaluate(first, features=features, labels=labels)
+
+    train_plain(first, features=features, labels=labels, training=training, seed=1)
+    train_plain(second, features=features, labels=labels, training=training, seed=1)
+
+    assert same_weights(first, second)
+    assert evaluate(first, features=features, labels=labels).loss < 0.5 * before.loss
