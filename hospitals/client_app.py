@@ -66,9 +66,16 @@ def _refusal(code: str, reason: str) -> RecordDict:
 
 
 def round_request(msg: Message) -> RoundRequest:
-    config = msg.content.config_records[wire.ROUND_CONFIG]
+    """Read the aggregator's request; anything malformed is refused, never trusted."""
+    config = msg.content.config_records.get(wire.ROUND_CONFIG)
+    round_number = config.get("round") if config else None
+    protocol_json = config.get("protocol") if config else None
+    if not isinstance(round_number, int) or not isinstance(protocol_json, str):
+        raise RoundRefusedError(
+            "invalid-request", "the round request lacks a round number or protocol"
+        )
     try:
-        protocol = StudyProtocol.from_json(str(config["protocol"]))
+        protocol = StudyProtocol.from_json(protocol_json)
     except ProtocolError as error:
         raise RoundRefusedError("invalid-protocol", str(error)) from error
     global_state = None
@@ -76,10 +83,10 @@ def round_request(msg: Message) -> RoundRequest:
         global_state = bytes(msg.content.array_records[wire.GLOBAL_STATE][wire.BLOB].data)
     return RoundRequest(
         run_id=str(msg.metadata.run_id),
-        round_number=int(config["round"]),
+        round_number=round_number,
         protocol=protocol,
         global_state=global_state,
-        final=bool(config.get("final", False)),
+        final=config.get("final") is True if config else False,
     )
 
 
@@ -109,7 +116,7 @@ def _train_reply(outcome: TrainOutcome) -> RecordDict:
 def _evaluate_reply(outcome: EvaluationOutcome) -> RecordDict:
     published = ("loss", "accuracy", "roc_auc")  # not the exact held-out count
     values = outcome.metrics.to_dict()
-    metrics: dict[str, float | int] = {
+    metrics: dict[str, int | float | list[int] | list[float]] = {
         key: float(value) for key in published if (value := values[key]) is not None
     }
     metrics["rows_rounded"] = outcome.rows_rounded

@@ -55,9 +55,10 @@ _MIN_CATEGORIES = 2
 class Column:
     """One feature column.
 
-    Numeric columns declare ``minimum < maximum`` (values are scaled to [-1, 1] by that range,
-    centred so that gradients are well conditioned; values outside it are data errors); category columns list at least two categories, one-hot
-    encoded in the declared order; bool columns take true/false/1/0/yes/no.
+    Numeric columns declare ``minimum < maximum``: values are scaled to [-1, 1] by that range
+    (centred, so that gradients are well conditioned) and values outside it are data errors.
+    Category columns list at least two categories, one-hot encoded in the declared order; bool
+    columns take true/false/1/0/yes/no.
     """
 
     name: str

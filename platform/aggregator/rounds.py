@@ -7,6 +7,7 @@ contributed; otherwise the run fails with every reason spelled out.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -82,10 +83,13 @@ def run_study(grid: Grid, config: AggregatorConfig, sink: JsonlResultsSink) -> N
         sink.round_completed(
             RoundResult(
                 round=round_number,
-                participants=[c.report.hospital for c in contributions],
+                participants=sorted(c.report.hospital for c in contributions),
                 dropped=dropped,
                 metrics=weighted_metrics(evaluations),
-                hospitals=[with_metrics(c.report, evaluations) for c in contributions],
+                hospitals=sorted(
+                    (with_metrics(c.report, evaluations) for c in contributions),
+                    key=lambda report: report.hospital,
+                ),
                 bytes_down=len(global_state),
                 seconds=round(time.monotonic() - started, 3),
             )
@@ -109,7 +113,7 @@ def await_hospitals(grid: Grid, *, minimum: int, timeout_s: float) -> list[int]:
 def round_content(
     config: AggregatorConfig, *, round_number: int, global_state: bytes | None, final: bool = False
 ) -> RecordDict:
-    records: dict[str, ConfigRecord | ArrayRecord] = {
+    records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
         wire.ROUND_CONFIG: ConfigRecord(
             {
                 "study_id": config.study_id,
@@ -190,7 +194,7 @@ def refusal_reason(reply: Message) -> str:
         return f"failed: {reply.error.reason}"
     if wire.REFUSAL in reply.content.config_records:
         refusal = reply.content.config_records[wire.REFUSAL]
-        return f"refused: {refusal.get('reason', 'no reason given')}"
+        return f"refused: {refusal.get('reason') or 'no reason given'!s}"
     return ""
 
 
@@ -205,15 +209,15 @@ def parse_contribution(reply: Message, hospital: str, config: AggregatorConfig) 
         update=update,
         report=HospitalRound(
             hospital=hospital,
-            epsilon=float(report["epsilon"]),
-            noise_multiplier=float(report["noise_multiplier"]),
-            sample_rate=float(report["sample_rate"]),
-            steps=int(report["steps"]),
-            delta=float(report["delta"]),
-            accountant=str(identity["accountant"]),
-            rows_rounded=int(report["rows_rounded"]),
+            epsilon=number(report, "epsilon"),
+            noise_multiplier=number(report, "noise_multiplier"),
+            sample_rate=number(report, "sample_rate"),
+            steps=int(number(report, "steps")),
+            delta=number(report, "delta"),
+            accountant=str(identity.get("accountant", "")),
+            rows_rounded=int(number(report, "rows_rounded")),
             bytes_up=update.nbytes,
-            train_seconds=float(report["train_seconds"]),
+            train_seconds=number(report, "train_seconds"),
         ),
     )
 
@@ -266,17 +270,32 @@ def evaluate(
     )
     nodes = [c.node_id for c in contributions]
     replies = exchange(grid, nodes, wire.EVALUATE, content, round_number, config.round_timeout_s)
-    return [
-        parse_evaluation(reply, names[reply.metadata.src_node_id])
-        for reply in replies
-        if not refusal_reason(reply) and wire.EVAL_REPORT in reply.content.metric_records
-    ]
+    evaluations = [parse_evaluation(reply, names[reply.metadata.src_node_id]) for reply in replies]
+    return [evaluation for evaluation in evaluations if evaluation is not None]
 
 
-def parse_evaluation(reply: Message, hospital: str) -> Evaluation:
-    report: MetricRecord = reply.content.metric_records[wire.EVAL_REPORT]
-    metrics = {key: float(value) for key, value in report.items() if key != "rows_rounded"}
-    return Evaluation(hospital=hospital, rows=int(report["rows_rounded"]), metrics=metrics)
+def parse_evaluation(reply: Message, hospital: str) -> Evaluation | None:
+    """A hospital's evaluation, or None when its report is unusable (it then counts for nothing)."""
+    if refusal_reason(reply) or wire.EVAL_REPORT not in reply.content.metric_records:
+        return None
+    report = reply.content.metric_records[wire.EVAL_REPORT]
+    try:
+        metrics: dict[str, float | None] = {
+            key: number(report, key) for key in report if key != "rows_rounded"
+        }
+        return Evaluation(
+            hospital=hospital, rows=int(number(report, "rows_rounded")), metrics=metrics
+        )
+    except ValueError:
+        return None
+
+
+def number(record: MetricRecord, key: str) -> float:
+    """A finite number a hospital reported; anything else is a malformed reply."""
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"report field '{key}' is missing or not a finite number")
+    return float(value)
 
 
 def weighted_metrics(evaluations: Sequence[Evaluation]) -> dict[str, float | None]:
