@@ -18,6 +18,8 @@ from hospitals.models import ModelSpec, ModelSpecError
 from hospitals.schema import DatasetSchema, SchemaError
 
 SECTIONS = ("study_id", "schema", "model", "training", "privacy", "federation", "encryption")
+# Pinned once the study's key exists; stewards approve everything else.
+ENCRYPTION = "encryption"
 
 
 class ProtocolError(ValueError):
@@ -54,7 +56,7 @@ class StudyProtocol:
     holdout_fraction: float
     privacy: DpSettings
     federation: Federation
-    encryption: Encryption
+    encryption: Encryption | None
     document: Mapping[str, Any]
 
     @property
@@ -63,22 +65,30 @@ class StudyProtocol:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(canonical_json(self.document).encode()).hexdigest()
+        return document_sha256(self.document)
+
+    @property
+    def approval_sha256(self) -> str:
+        """The hash stewards approve: the protocol without its encryption block, which is pinned
+        after the study's key ceremony and checked by every node against its own key."""
+        return document_sha256({k: v for k, v in self.document.items() if k != ENCRYPTION})
 
     @classmethod
-    def from_json(cls, text: str) -> StudyProtocol:
+    def from_json(cls, text: str, *, require_encryption: bool = True) -> StudyProtocol:
         try:
             document = json.loads(text)
         except json.JSONDecodeError as error:
             raise ProtocolError(f"protocol is not valid JSON: {error}") from error
-        return cls.from_dict(document)
+        return cls.from_dict(document, require_encryption=require_encryption)
 
     @classmethod
-    def from_dict(cls, document: Any) -> StudyProtocol:
+    def from_dict(cls, document: Any, *, require_encryption: bool = True) -> StudyProtocol:
+        """Validate a protocol document; a draft (before the key ceremony) has no encryption."""
         if not isinstance(document, dict):
             raise ProtocolError("protocol must be a JSON object")
+        required = [s for s in SECTIONS if require_encryption or s != ENCRYPTION]
         unknown = sorted(set(document) - set(SECTIONS))
-        missing = [name for name in SECTIONS if name not in document]
+        missing = [name for name in required if name not in document]
         if unknown or missing:
             raise ProtocolError(f"protocol fields: missing {missing}, unknown {unknown}")
         try:
@@ -93,7 +103,6 @@ class StudyProtocol:
         training = _object(document, "training")
         privacy = _object(document, "privacy")
         federation = _object(document, "federation")
-        encryption = _object(document, "encryption")
         study_id = document["study_id"]
         if not isinstance(study_id, str) or not study_id:
             raise ProtocolError("protocol field 'study_id' must be a non-empty string")
@@ -122,12 +131,22 @@ class StudyProtocol:
                 min_hospitals=_positive_int(federation, "min_hospitals"),
                 round_timeout_s=_positive_int(federation, "round_timeout_s"),
             ),
-            encryption=Encryption(
-                params=CkksParams.from_dict(_object(encryption, "params")),
-                context_fingerprint=str(encryption["context_fingerprint"]),
-            ),
+            encryption=_encryption(document[ENCRYPTION]) if ENCRYPTION in document else None,
             document=document,
         )
+
+
+def document_sha256(document: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
+
+
+def _encryption(section: Any) -> Encryption:
+    if not isinstance(section, dict):
+        raise ProtocolError("protocol field 'encryption' must be an object")
+    return Encryption(
+        params=CkksParams.from_dict(_object(section, "params")),
+        context_fingerprint=str(section["context_fingerprint"]),
+    )
 
 
 def _object(section: Mapping[str, Any], key: str) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Hospitals as organisations: their members (data stewards) and their node credentials."""

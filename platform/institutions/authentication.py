@@ -1,0 +1,57 @@
+"""API authentication for hospital nodes: `Authorization: Node <token>`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from core.tokens import digest_matches, token_prefix
+from institutions.models import Institution, NodeToken
+
+NODE_TOKEN_KIND = "node"
+
+
+@dataclass(frozen=True)
+class NodePrincipal:
+    """Who is calling: a hospital node, acting for exactly one institution."""
+
+    token: NodeToken
+
+    @property
+    def institution(self) -> Institution:
+        return self.token.institution
+
+
+class NodeTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Node"
+
+    def authenticate(self, request: HttpRequest) -> tuple[AnonymousUser, NodePrincipal] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1").split()
+        if not header or header[0] != self.keyword:
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("use 'Authorization: Node <token>'")
+        token = self._active_token(header[1])
+        NodeToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        return AnonymousUser(), NodePrincipal(token)
+
+    def authenticate_header(self, request: HttpRequest) -> str:
+        return self.keyword
+
+    @staticmethod
+    def _active_token(raw: str) -> NodeToken:
+        prefix = token_prefix(raw, kind=NODE_TOKEN_KIND)
+        token = (
+            NodeToken.objects.select_related("institution").filter(prefix=prefix).first()
+            if prefix
+            else None
+        )
+        if token is None or not digest_matches(raw, token.digest):
+            raise exceptions.AuthenticationFailed("unknown node token")
+        if not token.active:
+            raise exceptions.AuthenticationFailed("this node token was revoked or has expired")
+        return token

@@ -1,0 +1,1 @@
+"""Settings modules: base (shared), dev (SQLite, embedded Redis allowed), test, prod."""

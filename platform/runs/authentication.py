@@ -1,0 +1,42 @@
+"""API authentication for the aggregator reporting a run: `Authorization: Run <token>`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest
+from rest_framework import authentication, exceptions
+
+from core.tokens import digest_matches, token_prefix
+from runs.models import Run
+
+RUN_TOKEN_KIND = "run"
+
+
+@dataclass(frozen=True)
+class RunPrincipal:
+    """The ServerApp of exactly one run; it may report that run's events and nothing else."""
+
+    run: Run
+
+
+class RunTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Run"
+
+    def authenticate(self, request: HttpRequest) -> tuple[AnonymousUser, RunPrincipal] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1").split()
+        if not header or header[0] != self.keyword:
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("use 'Authorization: Run <token>'")
+        prefix = token_prefix(header[1], kind=RUN_TOKEN_KIND)
+        run = Run.objects.filter(token_prefix=prefix).first() if prefix else None
+        if run is None or not digest_matches(header[1], run.token_digest):
+            raise exceptions.AuthenticationFailed("unknown run token")
+        if run.finished:
+            raise exceptions.AuthenticationFailed("this run has finished; its token is spent")
+        return AnonymousUser(), RunPrincipal(run)
+
+    def authenticate_header(self, request: HttpRequest) -> str:
+        return self.keyword

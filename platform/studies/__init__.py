@@ -1,0 +1,1 @@
+"""Studies: the protocol (declarative, hashed), invited hospitals and their stewards' approvals."""
