@@ -8,9 +8,20 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup demo test lint typecheck pytest clean
+.PHONY: setup system demo test lint typecheck pytest clean
 
-setup: $(STAMP)
+setup: $(STAMP) system
+
+# Machine packages the tests need: PostgreSQL's binaries (the portal's tests start their own server)
+# and Debian's chromium (Playwright's browser download does not work here). Each is installed only
+# when missing, so this costs two lookups on a ready machine; installing needs root, as in CI.
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+system:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ echo "installing postgresql"; apt-get update -qq && $(APT_INSTALL) --no-install-recommends postgresql >/dev/null; }
+	@command -v initdb >/dev/null || ln -sf /usr/lib/postgresql/*/bin/{initdb,pg_ctl,postgres} /usr/local/bin/
+	@test -x /usr/bin/chromium || \
+		{ echo "installing chromium"; apt-get update -qq && $(APT_INSTALL) chromium >/dev/null; }
 
 # torch==2.13.0 goes first: it resolves to the CPU wheel on local disk, whereas letting opacus pull
 # torch in would download a CUDA build of several GB (STACK-NOTES).

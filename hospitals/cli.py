@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from crypto import SecretContext
 from hospitals.data import DataError, load_dataset, split_holdout
+from hospitals.keys import save_study_key, study_key_path
 from hospitals.ledger import PrivacyLedger
 from hospitals.node import LEDGER_FILE
 from hospitals.policy import POLICY_TEMPLATE, PolicyError, load_policy
+from hospitals.portal_client import PortalClient, PortalError
 from hospitals.protocol import ProtocolError, StudyProtocol
+
+# The node token comes from the environment, never from the command line (shell history, ps).
+TOKEN_VARIABLE = "COHORT_NODE_TOKEN"  # noqa: S105 - the variable's name, not a token
 
 
 def check(args: argparse.Namespace) -> int:
@@ -63,6 +70,39 @@ def policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _portal(args: argparse.Namespace) -> PortalClient:
+    token = os.environ.get(TOKEN_VARIABLE, "")
+    if not token:
+        raise PortalError(
+            f"set {TOKEN_VARIABLE} to this node's token (issued in the admin console)"
+        )
+    return PortalClient(base_url=args.portal, token=token)
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    """Generate the study's CKKS key at this node and pin its keyless context at the portal."""
+    keys_dir = Path(args.state_dir) / "keys"
+    if study_key_path(keys_dir, args.study).exists():
+        raise PortalError(f"this node already holds a key for study '{args.study}'; keep using it")
+    key = SecretContext.generate()
+    _portal(args).upload_he_context(
+        study_slug=args.study, aggregator_context=key.aggregator_context().to_bytes()
+    )
+    path = save_study_key(keys_dir, study_id=args.study, context=key)
+    print(f"key for '{args.study}' saved to {path} (fingerprint {key.fingerprint[:16]}…)")
+    print("the other hospitals of the study need this key; never give it to the aggregator")
+    return 0
+
+
+def heartbeat(args: argparse.Namespace) -> int:
+    """Tell the portal this node is online, and list the protocols its stewards approved."""
+    portal = _portal(args)
+    portal.heartbeat({"supernode": args.supernode})
+    for study in portal.approved_protocols():
+        print(f"{study['slug']}: protocol {study['protocol_sha256'][:12]}… ({study['state']})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cohort-hospital", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -78,6 +118,15 @@ def parser() -> argparse.ArgumentParser:
     policy_cmd = commands.add_parser("policy", help=policy.__doc__)
     policy_cmd.add_argument("--check", metavar="FILE", help="validate this policy file")
     policy_cmd.set_defaults(handler=policy)
+    keys_cmd = commands.add_parser("keys-create", help=keys_create.__doc__)
+    keys_cmd.add_argument("--study", required=True, help="the study's id (slug)")
+    keys_cmd.add_argument("--state-dir", required=True)
+    keys_cmd.add_argument("--portal", required=True, help="the portal's URL")
+    keys_cmd.set_defaults(handler=keys_create)
+    beat_cmd = commands.add_parser("heartbeat", help=heartbeat.__doc__)
+    beat_cmd.add_argument("--portal", required=True, help="the portal's URL")
+    beat_cmd.add_argument("--supernode", default="online", help="status to report")
+    beat_cmd.set_defaults(handler=heartbeat)
     return root
 
 
@@ -85,6 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (DataError, PolicyError, ProtocolError, OSError) as error:
+    except (DataError, PolicyError, ProtocolError, PortalError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

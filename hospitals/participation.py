@@ -176,7 +176,9 @@ def _study_key(node: NodeSettings, protocol: StudyProtocol) -> SecretContext:
     except (MissingStudyKeyError, CryptoError) as error:
         raise RoundRefusedError("missing-key", str(error)) from error
     if protocol.encryption is None:
-        raise RoundRefusedError("missing-encryption", "the protocol pins no HE context; HE is required")
+        raise RoundRefusedError(
+            "missing-encryption", "the protocol pins no HE context; HE is required"
+        )
     if key.fingerprint != protocol.encryption.context_fingerprint:
         raise RoundRefusedError(
             "key-mismatch",

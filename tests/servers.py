@@ -36,7 +36,9 @@ def _as_postgres(command: list[str]) -> list[str]:
 def postgres_server() -> Iterator[Postgres]:
     """A throwaway PostgreSQL cluster with trust auth on loopback, removed afterwards."""
     if shutil.which("initdb") is None:
-        raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) are needed: apt-get install postgresql")
+        raise RuntimeError(
+            "PostgreSQL binaries (initdb, pg_ctl) are needed: apt-get install postgresql"
+        )
     root = Path(tempfile.mkdtemp(prefix="cohort-pg-"))
     data = root / "data"
     if os.geteuid() == 0:
@@ -49,7 +51,9 @@ def postgres_server() -> Iterator[Postgres]:
     )
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
-        _as_postgres(["pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"]),
+        _as_postgres(
+            ["pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"]
+        ),
         check=True,
         capture_output=True,
     )
@@ -57,7 +61,8 @@ def postgres_server() -> Iterator[Postgres]:
         yield Postgres(host="127.0.0.1", port=port, user=POSTGRES_USER)
     finally:
         subprocess.run(
-            _as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]), capture_output=True
+            _as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
         )
         shutil.rmtree(root, ignore_errors=True)
 

@@ -30,8 +30,14 @@ class AggregatorConfig:
     round_timeout_s: float
     join_timeout_s: float
     he_context: AggregatorContext
-    results_path: Path
+    results_path: Path | None
     max_update_bytes: int
+    results_url: str = ""
+    results_token: str = ""
+
+    @property
+    def reports_to_portal(self) -> bool:
+        return bool(self.results_url and self.results_token)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> AggregatorConfig:
@@ -46,6 +52,22 @@ class AggregatorConfig:
                 "but the protocol "
                 f"pins {pinned!r}: the aggregator was given another study's context"
             )
+        results_url = _optional_str(run_config, "results-url")
+        results_token = _optional_str(run_config, "results-token")
+        if bool(results_url) != bool(results_token):
+            raise ConfigError(
+                "run config 'results-url' and 'results-token' go together: set both to report to "
+                "the portal, or neither to write 'results-path'"
+            )
+        if results_url and not results_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"run config 'results-url' must be an http(s) URL, got {results_url!r}"
+            )
+        results_path = (
+            _optional_str(run_config, "results-path")
+            if results_url
+            else _required_str(run_config, "results-path")
+        )
         return cls(
             protocol_json=protocol_json,
             study_id=_str_field(protocol, "study_id"),
@@ -54,8 +76,10 @@ class AggregatorConfig:
             round_timeout_s=float(_positive_int(federation, "round_timeout_s")),
             join_timeout_s=float(run_config.get("join-timeout-s", 120)),
             he_context=he_context,
-            results_path=Path(_required_str(run_config, "results-path")),
+            results_path=Path(results_path) if results_path else None,
             max_update_bytes=int(run_config.get("max-update-mib", DEFAULT_MAX_UPDATE_MIB)) << 20,
+            results_url=results_url,
+            results_token=results_token,
         )
 
 
@@ -63,6 +87,13 @@ def _required_str(run_config: Mapping[str, Any], key: str) -> str:
     value = run_config.get(key)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"run config '{key}' is missing or empty")
+    return value
+
+
+def _optional_str(run_config: Mapping[str, Any], key: str) -> str:
+    value = run_config.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(f"run config '{key}' must be a string, got {value!r}")
     return value
 
 

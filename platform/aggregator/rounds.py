@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 
 from aggregator import wire
 from aggregator.config import AggregatorConfig
-from aggregator.results import HospitalRound, JsonlResultsSink, RoundResult
+from aggregator.results import HospitalRound, ResultsSink, RoundResult
 from crypto import AggregatorContext, CryptoError, EncryptedUpdate, sum_updates
 
 NODE_POLL_INTERVAL_S = 0.5
@@ -58,7 +58,7 @@ class HospitalNames:
         return self._names.get(node_id, f"node {node_id}")
 
 
-def run_study(grid: Grid, config: AggregatorConfig, sink: JsonlResultsSink) -> None:
+def run_study(grid: Grid, config: AggregatorConfig, sink: ResultsSink) -> None:
     """Run every round, report each to `sink`; raise RunFailedError if the study cannot go on."""
     names = HospitalNames()
     seen: set[int] = set()

@@ -20,7 +20,7 @@ def audit_record(
 ) -> AuditEvent:
     user = actor if isinstance(actor, AbstractBaseUser) else None
     return AuditEvent.objects.create(
-        actor=user,
+        actor_id=user.pk if user else None,
         actor_label=actor_label or (user.get_username() if user else "system"),
         action=action,
         target_type=target._meta.label_lower,

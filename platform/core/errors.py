@@ -47,6 +47,13 @@ class ConflictError(CohortError):
     status = 409
 
 
+class PayloadTooLargeError(CohortError):
+    """The request body is bigger than this endpoint accepts."""
+
+    code = "too_large"
+    status = 413
+
+
 def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 

@@ -1,8 +1,9 @@
-"""`cohort-demo`: run a whole federated study on this machine and report on it."""
+"""`cohort-demo`: a whole federated study on this machine, run through the portal."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -18,26 +19,32 @@ from rich.table import Table
 from demo.progress import RunProgress
 from demo.report import write_report
 from demo.setup import Consortium, DemoSettings, prepare_consortium
-from demo.summary import build_report
+from demo.summary import build_report, released_model_path_of
+from federation.control import RunStatus
 from federation.deployment import LocalFederation
-from federation.runner import RunOutcome, StudyRequest, run_and_follow
+from federation.runner import RunOutcome
+
+RUN_TIMEOUT_S = 3600.0
 
 
-def parse_args(argv: Sequence[str] | None) -> DemoSettings:
+def parse_args(argv: Sequence[str] | None) -> tuple[DemoSettings, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         prog="cohort-demo",
-        description="Run a federated DP + HE study over 3 hospitals on this machine.",
+        description="Run a federated DP + HE study over 3 hospitals through the Cohort portal.",
     )
-    parser.add_argument("--out", type=Path, default=Path("var/demo"), help="output folder")
+    parser.add_argument("--out", type=str, default="var/demo", help="output folder")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epsilon", type=float, default=3.0, help="target ε per hospital")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--host", default=os.environ.get("COHORT_DEMO_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("COHORT_DEMO_PORT", "8000")))
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.epsilon <= 0:
         parser.error("--rounds must be at least 1 and --epsilon positive")
-    return DemoSettings(
-        out_dir=args.out, rounds=args.rounds, target_epsilon=args.epsilon, seed=args.seed
+    settings = DemoSettings(
+        out_dir=Path(args.out), rounds=args.rounds, target_epsilon=args.epsilon, seed=args.seed
     )
+    return settings, args
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -45,7 +52,7 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_args(argv)
+    settings, args = parse_args(argv)
     # Known and documented (README): secure_mode needs torchcsprng, which has no Python 3.11 build;
     # the accountant's advice concerns tightness of ε, never its safety. Keep the terminal readable.
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -56,28 +63,90 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     console.rule("[bold]Cohort demo: breast-cancer study over 3 hospitals")
     consortium = prepare_consortium(settings)
-    console.print(
-        f"Protocol {consortium.protocol.sha256[:12]}…: {settings.rounds} rounds, DP-SGD at "
-        f"ε={settings.target_epsilon:g} (δ={settings.delta:g}) per hospital, CKKS-encrypted updates"
-    )
-    request = StudyRequest(
-        protocol_json=(settings.out_dir / "protocol.json").read_text().strip(),
-        aggregator_context=consortium.key.aggregator_context().to_bytes(),
-        results_path=(settings.out_dir / "results.jsonl").resolve(),
-    )
     try:
-        with LocalFederation(
-            workdir=settings.out_dir / "federation", hospitals=consortium.hospitals
-        ) as federation:
-            console.print(f"Started {federation.describe()}")
-            with RunProgress(
-                console, study_id=consortium.protocol.study_id, rounds=settings.rounds
-            ) as progress:
-                outcome = run_and_follow(federation.control, request, on_event=progress.update)
+        return run_demo(
+            console, settings, consortium, host=args.host, port=args.port, started=started
+        )
     except KeyboardInterrupt:
-        console.print("[yellow]Interrupted: every process the demo started was stopped.")
+        console.print("[yellow]Stopped: every process the demo started was stopped.")
         return 130
-    return finish(console, settings, consortium, outcome, wall_seconds=time.monotonic() - started)
+
+
+def run_demo(
+    console: Console,
+    settings: DemoSettings,
+    consortium: Consortium,
+    *,
+    host: str,
+    port: int,
+    started: float,
+) -> int:
+    from demo.portal_stack import running_portal
+
+    with (
+        LocalFederation(
+            workdir=settings.out_dir / "federation", hospitals=consortium.hospitals
+        ) as federation,
+        running_portal(
+            out_dir=settings.out_dir, federation=federation, host=host, port=port
+        ) as portal,
+    ):
+        # Django is configured from here on.
+        from demo import portal_study
+
+        console.print(f"Started {federation.describe()}; portal at {portal.url}")
+        accounts = portal_study.seed_accounts(consortium)
+        console.print(credentials_table(accounts.passwords))
+        study = portal_study.open_study(accounts, consortium, portal_url=portal.url)
+        console.print(
+            f"Study '{study.slug}' approved by 3 stewards "
+            f"(protocol {study.protocol_sha256[:12]}…): "
+            f"{settings.rounds} rounds, DP-SGD at ε={settings.target_epsilon:g} "
+            f"(δ={settings.delta:g}) per hospital, CKKS-encrypted updates"
+        )
+        run = portal_study.start(study, accounts)
+        console.print(f"Run {run.pk} queued; follow it at {portal.url}/runs/{run.pk}/")
+        with RunProgress(console, study_id=study.slug, rounds=settings.rounds) as progress:
+            events = portal_study.follow(run, on_event=progress.update, timeout_s=RUN_TIMEOUT_S)
+        console.line()
+        run.refresh_from_db()
+        succeeded = run.state == run.State.COMPLETED
+        flower_run_id = int(run.flower_run_id or 0)
+        outcome = RunOutcome(
+            run_id=flower_run_id,
+            status=RunStatus(flower_run_id, f"finished:{run.state}", run.reason),
+            events=events,
+        )
+        report = finish(
+            console, settings, consortium, outcome, wall_seconds=time.monotonic() - started
+        )
+        if succeeded:
+            portal_study.release(
+                run,
+                accounts,
+                consortium,
+                portal_url=portal.url,
+                parameters=released_model_path_of(consortium, outcome).read_bytes(),
+                privacy_report=report["privacy"],
+            )
+            console.print(
+                f"Released: the stewards approved, {consortium.hospitals[0].hospital}'s node "
+                f"uploaded the final model; download it from {portal.url}/runs/{run.pk}/"
+            )
+        if os.environ.get("DEMO_SERVE", "1") != "0":
+            console.print(f"Serving {portal.url} (log in with the accounts above); Ctrl-C to stop.")
+            while True:
+                time.sleep(3600)
+        return 0 if succeeded else 1
+
+
+def credentials_table(passwords: dict[str, str]) -> Table:
+    table = Table(title="Demo accounts (also in the admin console)")
+    table.add_column("user")
+    table.add_column("password")
+    for username, password in passwords.items():
+        table.add_row(username, password)
+    return table
 
 
 def finish(
@@ -87,7 +156,8 @@ def finish(
     outcome: RunOutcome,
     *,
     wall_seconds: float,
-) -> int:
+) -> dict[str, Any]:
+    """Print the outcome and write report.json and report.html; return the report."""
     if not outcome.status.succeeded:
         console.print(f"[red]The study failed: {outcome.failure_reason}")
     console.print("Training the comparison models (local-only DP, centralized non-private)…")
@@ -96,7 +166,7 @@ def finish(
     if outcome.status.succeeded:
         console.print(results_table(report))
     console.print(f"Report: {json_path} and {html_path}")
-    return 0 if outcome.status.succeeded else 1
+    return report
 
 
 def results_table(report: dict[str, Any]) -> Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,13 +136,19 @@ def encryption_summary(consortium: Consortium, outcome: RunOutcome) -> dict[str,
     }
 
 
+def released_model_path_of(consortium: Consortium, outcome: RunOutcome) -> Path:
+    """Where the key-holding hospital's node kept the final model it decrypted."""
+    node = node_settings(consortium)[0]
+    return released_model_path(
+        node, study_id=consortium.protocol.study_id, run_id=str(outcome.run_id)
+    )
+
+
 def final_comparison(consortium: Consortium, outcome: RunOutcome) -> dict[str, Any]:
     protocol = consortium.protocol
     test = load_dataset(consortium.files.test, protocol.schema)
     nodes = node_settings(consortium)
-    released = np.load(
-        released_model_path(nodes[0], study_id=protocol.study_id, run_id=str(outcome.run_id))
-    )
+    released = np.load(released_model_path_of(consortium, outcome))
     federated = baselines.released(protocol, released["parameters"])
     trains = {node.hospital: baselines.training_rows(protocol, node.data_path) for node in nodes}
     local = {

@@ -24,12 +24,18 @@ STATUS_POLL_S = 10.0
 
 @dataclass(frozen=True)
 class StudyRequest:
-    """What a run needs: the protocol, the keyless HE context and where results go."""
+    """What a run needs: the protocol, the keyless HE context and where results go.
+
+    With `results_url` and `results_token` the aggregator reports to the portal's events API
+    instead of appending to `results_path`.
+    """
 
     protocol_json: str
     aggregator_context: bytes
     results_path: Path
     join_timeout_s: int = 120
+    results_url: str = ""
+    results_token: str = ""
 
 
 @dataclass
@@ -57,6 +63,9 @@ def write_run_config(request: StudyRequest, path: Path) -> Path:
         "results-path": str(request.results_path.resolve()),
         "join-timeout-s": request.join_timeout_s,
     }
+    if request.results_url or request.results_token:
+        values["results-url"] = request.results_url
+        values["results-token"] = request.results_token
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
     return path

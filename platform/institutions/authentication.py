@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework import authentication, exceptions
+from rest_framework.request import Request
 
 from core.tokens import digest_matches, token_prefix
 from institutions.models import Institution, NodeToken
 
-NODE_TOKEN_KIND = "node"
+NODE_TOKEN_KIND = "node"  # noqa: S105 - a token kind, not a secret
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class NodePrincipal:
 class NodeTokenAuthentication(authentication.BaseAuthentication):
     keyword = "Node"
 
-    def authenticate(self, request: HttpRequest) -> tuple[AnonymousUser, NodePrincipal] | None:
+    def authenticate(self, request: Request) -> tuple[AnonymousUser, NodePrincipal] | None:
         header = authentication.get_authorization_header(request).decode("latin-1").split()
         if not header or header[0] != self.keyword:
             return None
@@ -39,7 +39,7 @@ class NodeTokenAuthentication(authentication.BaseAuthentication):
         NodeToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return AnonymousUser(), NodePrincipal(token)
 
-    def authenticate_header(self, request: HttpRequest) -> str:
+    def authenticate_header(self, request: Request) -> str:
         return self.keyword
 
     @staticmethod

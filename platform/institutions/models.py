@@ -22,7 +22,10 @@ class Institution(TimeStampedModel):
         return self.name
 
     def node_online(self, *, within_s: int = 120) -> bool:
-        return self.last_seen_at is not None and (timezone.now() - self.last_seen_at).total_seconds() < within_s
+        return (
+            self.last_seen_at is not None
+            and (timezone.now() - self.last_seen_at).total_seconds() < within_s
+        )
 
 
 class Membership(TimeStampedModel):
@@ -31,12 +34,20 @@ class Membership(TimeStampedModel):
     STEWARD = "steward"
     ROLES = [(STEWARD, "Data steward")]
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
-    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    institution = models.ForeignKey(
+        Institution, on_delete=models.CASCADE, related_name="memberships"
+    )
     role = models.CharField(max_length=20, choices=ROLES, default=STEWARD)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "institution"], name="one_membership_per_hospital")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "institution"], name="one_membership_per_hospital"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} — {self.role} at {self.institution}"
@@ -45,11 +56,15 @@ class Membership(TimeStampedModel):
 class NodeToken(TimeStampedModel):
     """A hospital node's API credential: scoped to one institution, stored hashed, revocable."""
 
-    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="node_tokens")
+    institution = models.ForeignKey(
+        Institution, on_delete=models.CASCADE, related_name="node_tokens"
+    )
     label = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, unique=True)
     digest = models.CharField(max_length=64)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)

@@ -68,4 +68,6 @@ class EmbeddedRedis:
                     return
             except OSError:
                 time.sleep(0.1)
-        raise TimeoutError(f"redis-server did not listen on port {self.port}; see {self.workdir / 'redis.log'}")
+        raise TimeoutError(
+            f"redis-server did not listen on port {self.port}; see {self.workdir / 'redis.log'}"
+        )

@@ -1,1 +1,1 @@
-"""Runs of a study on the federation: their rounds and metrics, and the Celery tasks driving them."""
+"""Runs of a study on the federation: rounds, metrics, and the Celery tasks that drive them."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest
 from rest_framework import authentication, exceptions
+from rest_framework.request import Request
 
 from core.tokens import digest_matches, token_prefix
 from runs.models import Run
 
-RUN_TOKEN_KIND = "run"
+RUN_TOKEN_KIND = "run"  # noqa: S105 - the token kind, not a secret
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class RunPrincipal:
 class RunTokenAuthentication(authentication.BaseAuthentication):
     keyword = "Run"
 
-    def authenticate(self, request: HttpRequest) -> tuple[AnonymousUser, RunPrincipal] | None:
+    def authenticate(self, request: Request) -> tuple[AnonymousUser, RunPrincipal] | None:
         header = authentication.get_authorization_header(request).decode("latin-1").split()
         if not header or header[0] != self.keyword:
             return None
@@ -38,5 +38,5 @@ class RunTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("this run has finished; its token is spent")
         return AnonymousUser(), RunPrincipal(run)
 
-    def authenticate_header(self, request: HttpRequest) -> str:
+    def authenticate_header(self, request: Request) -> str:
         return self.keyword

@@ -21,13 +21,19 @@ class Run(TimeStampedModel):
     FINISHED = (State.COMPLETED, State.FAILED, State.CANCELLED)
 
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="runs")
-    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
     state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
     protocol_sha256 = models.CharField(max_length=64)
     rounds_planned = models.PositiveIntegerField()
-    flower_run_id = models.BigIntegerField(null=True, blank=True, unique=True)
+    # Flower's run ids are unsigned 64-bit integers: half of them fit neither PostgreSQL's bigint
+    # nor SQLite's integer (which silently turns them into floats), so they are kept as digits.
+    flower_run_id = models.CharField(max_length=20, null=True, blank=True, unique=True)
     reason = models.TextField(blank=True)
-    token_prefix = models.CharField(max_length=16, blank=True, help_text="run-scoped token for the ServerApp")
+    token_prefix = models.CharField(
+        max_length=16, blank=True, help_text="run-scoped token for the ServerApp"
+    )
     token_digest = models.CharField(max_length=64, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -57,7 +63,9 @@ class Round(models.Model):
     recorded_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["run", "number"], name="one_round_per_number")]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "number"], name="one_round_per_number")
+        ]
         ordering = ["run", "number"]
 
     def __str__(self) -> str:
@@ -68,7 +76,9 @@ class HospitalRound(models.Model):
     """What one hospital published about its part in one round."""
 
     round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="hospitals")
-    hospital = models.CharField(max_length=64, help_text="the node's reported name (institution slug)")
+    hospital = models.CharField(
+        max_length=64, help_text="the node's reported name (institution slug)"
+    )
     institution = models.ForeignKey(Institution, null=True, blank=True, on_delete=models.PROTECT)
     epsilon = models.FloatField()
     noise_multiplier = models.FloatField()
@@ -93,10 +103,16 @@ class ReleaseApproval(TimeStampedModel):
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="release_approvals")
     institution = models.ForeignKey(Institution, on_delete=models.PROTECT)
-    steward = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    steward = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["run", "institution"], name="one_release_approval_per_hospital")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "institution"], name="one_release_approval_per_hospital"
+            )
+        ]
 
 
 class ModelRelease(TimeStampedModel):

@@ -21,11 +21,17 @@ class Study(TimeStampedModel):
 
     slug = models.SlugField(max_length=64, unique=True, help_text="the study id hospitals see")
     title = models.CharField(max_length=200)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="studies")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="studies"
+    )
     state = models.CharField(max_length=20, choices=State.choices, default=State.DRAFT)
-    protocol = models.JSONField(help_text="canonical protocol document, without its encryption block")
+    protocol = models.JSONField(
+        help_text="canonical protocol document, without its encryption block"
+    )
     protocol_sha256 = models.CharField(max_length=64)
-    he_aggregator_context = models.BinaryField(null=True, blank=True, help_text="keyless CKKS context")
+    he_aggregator_context = models.BinaryField(
+        null=True, blank=True, help_text="keyless CKKS context"
+    )
     he_context_fingerprint = models.CharField(max_length=64, blank=True)
     release_approvals_required = models.PositiveSmallIntegerField(default=1)
 
@@ -46,7 +52,9 @@ class Enrollment(TimeStampedModel):
         DECLINED = "declined"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="enrollments")
-    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="enrollments")
+    institution = models.ForeignKey(
+        Institution, on_delete=models.PROTECT, related_name="enrollments"
+    )
     state = models.CharField(max_length=20, choices=State.choices, default=State.INVITED)
     approved_protocol_sha256 = models.CharField(max_length=64, blank=True)
     decided_by = models.ForeignKey(
@@ -56,7 +64,11 @@ class Enrollment(TimeStampedModel):
     comment = models.TextField(blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["study", "institution"], name="one_enrollment_per_hospital")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "institution"], name="one_enrollment_per_hospital"
+            )
+        ]
         ordering = ["institution__name"]
 
     def __str__(self) -> str:

@@ -21,6 +21,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "core",
     "institutions",
     "studies",
@@ -50,6 +51,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "core.context_processors.navigation",
             ]
         },
     }
@@ -75,6 +77,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# `portal` is the project package, not an installed app: its static folder is listed explicitly.
+STATICFILES_DIRS = [REPO_DIR / "platform" / "portal" / "static"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Uploads: released models are small (catalog models); anything bigger is refused with a 413.
@@ -98,6 +102,16 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Studies, hospital nodes and runs of Cohort's federated DP + HE platform.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and ReDoc from the installed sidecar package, not a CDN: the docs work offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Three models have a `state`: name each enum after its model, not by a hash.
+    "ENUM_NAME_OVERRIDES": {
+        "StudyStateEnum": "studies.models.Study.State",
+        "EnrollmentStateEnum": "studies.models.Enrollment.State",
+        "RunStateEnum": "runs.models.Run.State",
+    },
 }
 
 # Celery: runs live in the database, not in task memory; a task killed with its worker is
@@ -108,7 +122,12 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("COHORT_RUN_TIME_LIMIT_S", default=6 * 3600)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+# Redis redelivers a task that was never acknowledged (its worker was killed) after this long.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int(
+        "COHORT_CELERY_VISIBILITY_TIMEOUT_S", default=CELERY_TASK_TIME_LIMIT + 600
+    )
+}
 
 # Flower: where runs are submitted and how the ServerApp reaches the portal back.
 COHORT_SUPERLINK_ADDRESS = env.str("COHORT_SUPERLINK_ADDRESS", default="127.0.0.1:9093")

@@ -7,7 +7,7 @@ from portal.settings.base import env
 
 
 def mandatory(name: str) -> str:
-    value = env.str(name, default="")
+    value: str = env.str(name, default="")
     if not value:
         raise ImproperlyConfigured(f"{name} must be set in the environment for production")
     return value

@@ -6,115 +6,228 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('institutions', '0001_initial'),
-        ('studies', '0001_initial'),
+        ("institutions", "0001_initial"),
+        ("studies", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Round',
+            name="Round",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('participants', models.JSONField(default=list)),
-                ('dropped', models.JSONField(default=dict)),
-                ('metrics', models.JSONField(default=dict)),
-                ('bytes_down', models.BigIntegerField(default=0)),
-                ('seconds', models.FloatField(default=0.0)),
-                ('recorded_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField()),
+                ("participants", models.JSONField(default=list)),
+                ("dropped", models.JSONField(default=dict)),
+                ("metrics", models.JSONField(default=dict)),
+                ("bytes_down", models.BigIntegerField(default=0)),
+                ("seconds", models.FloatField(default=0.0)),
+                ("recorded_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['run', 'number'],
+                "ordering": ["run", "number"],
             },
         ),
         migrations.CreateModel(
-            name='HospitalRound',
+            name="HospitalRound",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('hospital', models.CharField(help_text="the node's reported name (institution slug)", max_length=64)),
-                ('epsilon', models.FloatField()),
-                ('noise_multiplier', models.FloatField()),
-                ('sample_rate', models.FloatField()),
-                ('steps', models.PositiveIntegerField()),
-                ('delta', models.FloatField()),
-                ('accountant', models.CharField(max_length=20)),
-                ('rows_rounded', models.PositiveIntegerField()),
-                ('bytes_up', models.BigIntegerField()),
-                ('train_seconds', models.FloatField()),
-                ('metrics', models.JSONField(default=dict)),
-                ('institution', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='institutions.institution')),
-                ('round', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='hospitals', to='runs.round')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "hospital",
+                    models.CharField(
+                        help_text="the node's reported name (institution slug)", max_length=64
+                    ),
+                ),
+                ("epsilon", models.FloatField()),
+                ("noise_multiplier", models.FloatField()),
+                ("sample_rate", models.FloatField()),
+                ("steps", models.PositiveIntegerField()),
+                ("delta", models.FloatField()),
+                ("accountant", models.CharField(max_length=20)),
+                ("rows_rounded", models.PositiveIntegerField()),
+                ("bytes_up", models.BigIntegerField()),
+                ("train_seconds", models.FloatField()),
+                ("metrics", models.JSONField(default=dict)),
+                (
+                    "institution",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="institutions.institution",
+                    ),
+                ),
+                (
+                    "round",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="hospitals",
+                        to="runs.round",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['hospital'],
+                "ordering": ["hospital"],
             },
         ),
         migrations.CreateModel(
-            name='Run',
+            name="Run",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('state', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('completed', 'Completed'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='queued', max_length=20)),
-                ('protocol_sha256', models.CharField(max_length=64)),
-                ('rounds_planned', models.PositiveIntegerField()),
-                ('flower_run_id', models.BigIntegerField(blank=True, null=True, unique=True)),
-                ('reason', models.TextField(blank=True)),
-                ('token_prefix', models.CharField(blank=True, help_text='run-scoped token for the ServerApp', max_length=16)),
-                ('token_digest', models.CharField(blank=True, max_length=64)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('aggregator_facts', models.JSONField(blank=True, default=dict)),
-                ('started_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('study', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='runs', to='studies.study')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="queued",
+                        max_length=20,
+                    ),
+                ),
+                ("protocol_sha256", models.CharField(max_length=64)),
+                ("rounds_planned", models.PositiveIntegerField()),
+                ("flower_run_id", models.BigIntegerField(blank=True, null=True, unique=True)),
+                ("reason", models.TextField(blank=True)),
+                (
+                    "token_prefix",
+                    models.CharField(
+                        blank=True, help_text="run-scoped token for the ServerApp", max_length=16
+                    ),
+                ),
+                ("token_digest", models.CharField(blank=True, max_length=64)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("aggregator_facts", models.JSONField(blank=True, default=dict)),
+                (
+                    "started_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "study",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="runs",
+                        to="studies.study",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddField(
-            model_name='round',
-            name='run',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rounds', to='runs.run'),
+            model_name="round",
+            name="run",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="rounds", to="runs.run"
+            ),
         ),
         migrations.CreateModel(
-            name='ReleaseApproval',
+            name="ReleaseApproval",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('institution', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='institutions.institution')),
-                ('steward', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='release_approvals', to='runs.run')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "institution",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="institutions.institution"
+                    ),
+                ),
+                (
+                    "steward",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="release_approvals",
+                        to="runs.run",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ModelRelease',
+            name="ModelRelease",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('parameters', models.BinaryField()),
-                ('parameters_sha256', models.CharField(max_length=64)),
-                ('privacy_report', models.JSONField()),
-                ('institution', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, to='institutions.institution')),
-                ('run', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='release', to='runs.run')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("parameters", models.BinaryField()),
+                ("parameters_sha256", models.CharField(max_length=64)),
+                ("privacy_report", models.JSONField()),
+                (
+                    "institution",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, to="institutions.institution"
+                    ),
+                ),
+                (
+                    "run",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="release",
+                        to="runs.run",
+                    ),
+                ),
             ],
             options={
-                'abstract': False,
+                "abstract": False,
             },
         ),
         migrations.AddConstraint(
-            model_name='round',
-            constraint=models.UniqueConstraint(fields=('run', 'number'), name='one_round_per_number'),
+            model_name="round",
+            constraint=models.UniqueConstraint(
+                fields=("run", "number"), name="one_round_per_number"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='releaseapproval',
-            constraint=models.UniqueConstraint(fields=('run', 'institution'), name='one_release_approval_per_hospital'),
+            model_name="releaseapproval",
+            constraint=models.UniqueConstraint(
+                fields=("run", "institution"), name="one_release_approval_per_hospital"
+            ),
         ),
     ]

@@ -6,53 +6,135 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('institutions', '0001_initial'),
+        ("institutions", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Study',
+            name="Study",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('slug', models.SlugField(help_text='the study id hospitals see', max_length=64, unique=True)),
-                ('title', models.CharField(max_length=200)),
-                ('state', models.CharField(choices=[('draft', 'Draft'), ('recruiting', 'Recruiting'), ('ready', 'Ready'), ('running', 'Running'), ('completed', 'Completed'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='draft', max_length=20)),
-                ('protocol', models.JSONField(help_text='canonical protocol document, without its encryption block')),
-                ('protocol_sha256', models.CharField(max_length=64)),
-                ('he_aggregator_context', models.BinaryField(blank=True, help_text='keyless CKKS context', null=True)),
-                ('he_context_fingerprint', models.CharField(blank=True, max_length=64)),
-                ('release_approvals_required', models.PositiveSmallIntegerField(default=1)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='studies', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "slug",
+                    models.SlugField(
+                        help_text="the study id hospitals see", max_length=64, unique=True
+                    ),
+                ),
+                ("title", models.CharField(max_length=200)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("draft", "Draft"),
+                            ("recruiting", "Recruiting"),
+                            ("ready", "Ready"),
+                            ("running", "Running"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="draft",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "protocol",
+                    models.JSONField(
+                        help_text="canonical protocol document, without its encryption block"
+                    ),
+                ),
+                ("protocol_sha256", models.CharField(max_length=64)),
+                (
+                    "he_aggregator_context",
+                    models.BinaryField(blank=True, help_text="keyless CKKS context", null=True),
+                ),
+                ("he_context_fingerprint", models.CharField(blank=True, max_length=64)),
+                ("release_approvals_required", models.PositiveSmallIntegerField(default=1)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="studies",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'studies',
-                'ordering': ['-created_at'],
+                "verbose_name_plural": "studies",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Enrollment',
+            name="Enrollment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('state', models.CharField(choices=[('invited', 'Invited'), ('approved', 'Approved'), ('declined', 'Declined')], default='invited', max_length=20)),
-                ('approved_protocol_sha256', models.CharField(blank=True, max_length=64)),
-                ('decided_at', models.DateTimeField(blank=True, null=True)),
-                ('comment', models.TextField(blank=True)),
-                ('decided_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('institution', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='enrollments', to='institutions.institution')),
-                ('study', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='enrollments', to='studies.study')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("invited", "Invited"),
+                            ("approved", "Approved"),
+                            ("declined", "Declined"),
+                        ],
+                        default="invited",
+                        max_length=20,
+                    ),
+                ),
+                ("approved_protocol_sha256", models.CharField(blank=True, max_length=64)),
+                ("decided_at", models.DateTimeField(blank=True, null=True)),
+                ("comment", models.TextField(blank=True)),
+                (
+                    "decided_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "institution",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="enrollments",
+                        to="institutions.institution",
+                    ),
+                ),
+                (
+                    "study",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="enrollments",
+                        to="studies.study",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['institution__name'],
-                'constraints': [models.UniqueConstraint(fields=('study', 'institution'), name='one_enrollment_per_hospital')],
+                "ordering": ["institution__name"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("study", "institution"), name="one_enrollment_per_hospital"
+                    )
+                ],
             },
         ),
     ]
