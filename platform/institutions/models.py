@@ -6,6 +6,9 @@ from django.utils import timezone
 
 from core.models import TimeStampedModel
 
+# A node that heartbeat within this window counts as online (nodes beat every minute or so).
+NODE_ONLINE_WINDOW_S = 300
+
 
 class Institution(TimeStampedModel):
     """A hospital. Its `slug` is the name its node reports in federated runs."""
@@ -21,7 +24,7 @@ class Institution(TimeStampedModel):
     def __str__(self) -> str:
         return self.name
 
-    def node_online(self, *, within_s: int = 120) -> bool:
+    def node_online(self, *, within_s: int = NODE_ONLINE_WINDOW_S) -> bool:
         return (
             self.last_seen_at is not None
             and (timezone.now() - self.last_seen_at).total_seconds() < within_s

@@ -149,6 +149,14 @@ def _check_startable(study: Study, actor: User) -> None:
         raise ConflictError(
             f"study '{study.slug}' has {approved} approvals of the {needed} its protocol needs"
         )
+    offline = [i.slug for i in approved_institutions(study=study) if not i.node_online()]
+    if approved - len(offline) < needed:
+        raise ConflictError(
+            f"only {approved - len(offline)} approved hospitals have an online node and study "
+            f"'{study.slug}' needs {needed}; offline: {', '.join(offline)} (their IT runs "
+            "`cohort-hospital heartbeat`)",
+            fields={"offline_nodes": offline},
+        )
     if Run.objects.filter(study=study).exclude(state__in=Run.FINISHED).exists():
         raise ConflictError(f"study '{study.slug}' already has a run going")
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 
+from tests.portal.stack import no_proxy  # noqa: F401 - a fixture for the end-to-end tests
 from tests.servers import postgres_server
 
 

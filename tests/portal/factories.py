@@ -13,6 +13,7 @@ from typing import Any
 
 import factory
 from django.contrib.auth.models import Group, User
+from django.utils import timezone
 
 from hospitals.protocol import StudyProtocol, canonical_json
 from institutions.models import Institution, Membership
@@ -99,6 +100,7 @@ class InstitutionFactory(factory.django.DjangoModelFactory):
 
     name = factory.Sequence(lambda n: f"Hospital {n}")
     slug = factory.Sequence(lambda n: f"hospital-{n}")
+    last_seen_at = factory.LazyFunction(timezone.now)  # its node heartbeat just now
 
 
 class MembershipFactory(factory.django.DjangoModelFactory):

@@ -1,47 +1,52 @@
-"""The portal end to end in a real browser: create, invite, approve, start, watch, read the result.
+"""The portal end to end in a real browser, on real parts: create, invite, approve, start, watch.
 
-Everything up to "Start run" is real: a researcher signs in and fills the create form, invites two
-hospitals, their stewards (each in their own browser context) approve on the decision page, and a
-hospital node uploads the study's keyless HE context over the node API with its node token
-(`hospitals.portal_client.PortalClient`, the node's own client).
+A researcher signs in and fills the create form with the demo consortium's protocol (its study id,
+schema, model, training, privacy and federation settings, two rounds), invites the consortium's
+three hospitals (hospital-a, -b, -c: the names in their SuperNodes' node config), and their
+stewards, each in their own browser context, approve on the decision page. Hospital A's node
+uploads the study's keyless HE context with its node token (`hospitals.portal_client.PortalClient`,
+the node's own client); the key is the consortium's, the one the hospital nodes hold.
 
-The federation is played by the test, through the same interfaces the real one uses:
+Behind the portal everything is real (`tests.portal.stack`): embedded Redis, a `celery -A portal
+worker` process on the test's PostgreSQL database, and a local Flower federation (SuperLink and
+three SuperNodes whose policies allow the study). "Start run" enqueues `run_study_task`; the worker
+submits the run to the SuperLink, the hospitals train with differential privacy, and the ServerApp
+reports each round to the live portal over HTTP with the run's token.
 
-* "Start run" commits the run and enqueues `run_study_task` on commit. Here `delay` runs the task's
-  body, `runs.services.run_drive`, in a thread (what a Celery worker does) with a fake Flower
-  Control API: it accepts the submission, keeps the run config the portal wrote (the events URL and
-  the run-scoped token) and reports the Flower run as running until the test lets it finish.
-* The aggregator's progress reaches the portal exactly as the ServerApp sends it:
-  `aggregator.results.HttpResultsSink` POSTs `run-started`, one `round` event per round and
-  `run-finished` to `/api/runs/{id}/events/` with `Authorization: Run <token>`.
-
-The test posts one round at a time and waits for the open run page to show it, with a marker set in
-the page's JavaScript to prove that the page updated in place, never reloading. When the run is
-finished the page shows its charts (server-side SVG). Screenshots go to var/screenshots/.
+The open run page follows the run without reloading (a marker set in the page's JavaScript must
+survive) and, when the run has finished, shows its charts (server-side SVG). Screenshots go to
+var/screenshots/. At the end every process the test started has been stopped by PID.
 """
 
 from __future__ import annotations
 
-import threading
-import tomllib
+import json
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.db import connection, connections
+from django.db import connections
 
-from aggregator.results import HospitalRound, HttpResultsSink, RoundResult
-from crypto.keys import SecretContext
-from federation.control import RunStatus
+from demo.setup import STUDY_ID, Consortium
 from hospitals.portal_client import PortalClient
 from institutions.selectors import RESEARCHERS_GROUP
-from institutions.services import institution_create, node_token_issue, steward_add
-from runs import services as run_services
-from runs.models import Run
+from runs.models import HospitalRound, Round, Run
 from studies.models import Study
+from tests.portal.stack import (
+    RUN_TIMEOUT_S,
+    Hospital,
+    draft_protocol,
+    leftovers,
+    log_of,
+    pids_matching,
+    portal_stack,
+    seed_hospitals,
+    settled,
+)
+from tests.servers import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -53,12 +58,13 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 PASSWORD = "browser-test-password-1"
-ROUNDS = 3
-HOSPITALS = ("hospital-a", "hospital-b")
+ROUNDS = 2
 UI_TIMEOUT_MS = 15_000
+STRAYS = "flower-super|flwr-serverapp|flwr-clientapp|celery -A portal worker"
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.skipif(
         not CHROMIUM.exists(),
@@ -67,54 +73,10 @@ pytestmark = [
 ]
 
 
-@dataclass
-class FakeFlower:
-    """The SuperLink's Control API as runs.services sees it; the test decides when the run ends."""
-
-    submitted: threading.Event = field(default_factory=threading.Event)
-    finished: threading.Event = field(default_factory=threading.Event)
-    run_config: dict[str, Any] = field(default_factory=dict)
-    flower_run_id: int = 4242
-
-    def submit(self, run_config: Path) -> int:
-        self.run_config = tomllib.loads(run_config.read_text())
-        self.submitted.set()
-        return self.flower_run_id
-
-    def status(self, run_id: int) -> RunStatus:
-        status = "finished:completed" if self.finished.is_set() else "running"
-        return RunStatus(run_id=run_id, status=status, details="")
-
-    def stop(self, run_id: int) -> None:
-        self.finished.set()
-
-
 @pytest.fixture
-def fake_worker(live_server, monkeypatch, settings, tmp_path) -> Iterator[FakeFlower]:
-    """`run_study_task.delay` runs the task body in a thread, against a fake Flower."""
-    from runs.tasks import run_study_task
-
-    settings.COHORT_FLWR_HOME = tmp_path / "flwr-home"
-    settings.COHORT_PORTAL_URL = live_server.url
-    flower = FakeFlower()
-    threads: list[threading.Thread] = []
-
-    def drive(run_id: int) -> None:
-        try:
-            run_services.run_drive(run_id=run_id, control=flower, poll_s=0.2)
-        finally:
-            connection.close()
-
-    def delay(run_id: int) -> None:
-        thread = threading.Thread(target=drive, args=(run_id,), name=f"worker-run-{run_id}")
-        threads.append(thread)
-        thread.start()
-
-    monkeypatch.setattr(run_study_task, "delay", delay)
-    yield flower
-    flower.finished.set()
-    for thread in threads:
-        thread.join(timeout=10)
+def consortium(make_consortium) -> Consortium:
+    """The demo consortium: three hospitals' data, node policies and the study's HE key."""
+    return make_consortium(rounds=ROUNDS)
 
 
 @pytest.fixture
@@ -136,19 +98,12 @@ def browser(monkeypatch) -> Iterator[Any]:
 
 
 @pytest.fixture
-def people(transactional_db) -> dict[str, Any]:
+def people(transactional_db, consortium) -> dict[str, Any]:
     admin = User.objects.create_superuser("ada", password=PASSWORD)
     researcher = User.objects.create_user("rita", password=PASSWORD, first_name="Rita")
     researcher.groups.add(Group.objects.get_or_create(name=RESEARCHERS_GROUP)[0])
-    stewards, node_tokens = {}, {}
-    for slug in HOSPITALS:
-        label = slug.split("-")[1].upper()
-        hospital = institution_create(name=f"Hospital {label}", slug=slug, actor=admin)
-        steward = User.objects.create_user(f"steward-{slug}", password=PASSWORD)
-        steward_add(user=steward, institution=hospital, actor=admin)
-        stewards[slug] = steward
-        node_tokens[slug] = node_token_issue(institution=hospital, label="node", actor=admin)[1]
-    return {"researcher": researcher, "stewards": stewards, "node_tokens": node_tokens}
+    hospitals = seed_hospitals(consortium, admin=admin, password=PASSWORD)
+    return {"researcher": researcher, "hospitals": hospitals}
 
 
 def sign_in(page: Any, base_url: str, username: str, *, screenshot: str = "") -> None:
@@ -166,38 +121,90 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
 
 
-def round_event(number: int) -> RoundResult:
-    auc = 0.80 + 0.04 * number
-    return RoundResult(
-        round=number,
-        participants=list(HOSPITALS),
-        dropped={},
-        metrics={"loss": 0.7 - 0.1 * number, "accuracy": auc - 0.05, "roc_auc": auc},
-        hospitals=[
-            HospitalRound(
-                hospital=slug,
-                epsilon=(0.9 if slug == HOSPITALS[0] else 0.7) * number,
-                noise_multiplier=1.1,
-                sample_rate=0.05,
-                steps=20 * number,
-                delta=1e-5,
-                accountant="rdp",
-                rows_rounded=200,
-                bytes_up=1_200_000,
-                train_seconds=1.5,
-                metrics={"loss": 0.7 - 0.1 * number, "accuracy": auc - 0.06, "roc_auc": auc},
-            )
-            for slug in HOSPITALS
-        ],
-        bytes_down=2_400_000,
-        seconds=4.0,
+def fill_protocol(page: Any, protocol: dict[str, Any]) -> None:
+    """The create form's protocol fields, set to `protocol` (the consortium's, without HE)."""
+    training, privacy, federation = (
+        protocol["training"],
+        protocol["privacy"],
+        protocol["federation"],
     )
+    page.locator("#id_model").select_option(protocol["model"]["name"])
+    page.locator("#id_accountant").select_option(privacy["accountant"])
+    fields = {
+        "rounds": federation["rounds"],
+        "min_hospitals": federation["min_hospitals"],
+        "round_timeout_s": federation["round_timeout_s"],
+        "target_epsilon": privacy["target_epsilon"],
+        "delta": privacy["delta"],
+        "max_grad_norm": privacy["max_grad_norm"],
+        "local_epochs": training["local_epochs"],
+        "batch_size": training["batch_size"],
+        "learning_rate": training["learning_rate"],
+        "seed": training["seed"],
+        "holdout_fraction": training["holdout_fraction"],
+        "schema": json.dumps(protocol["schema"], indent=2),
+    }
+    for name, value in fields.items():
+        page.locator(f"#id_{name}").fill(str(value))
+
+
+def wait_on_run(page: Any, selector: str, run: Run, stack_log: Any, *, timeout_s: float) -> None:
+    """Wait for `selector` on the run page; fail early, with the worker log, if the run fails."""
+
+    def shown() -> bool:
+        if page.locator(selector).count() > 0:
+            return True
+        run.refresh_from_db()
+        assert run.state != Run.State.FAILED, (run.reason, stack_log())
+        return False
+
+    wait_until(shown, timeout_s=timeout_s, what=f"{selector!r} on the page of run {run.pk}")
 
 
 def test_a_study_from_creation_to_its_charts_in_the_browser(
-    live_server, browser, people, fake_worker
+    live_server, browser, people, consortium, tmp_path, no_proxy
 ):
     base = live_server.url
+    hospitals: dict[str, Hospital] = people["hospitals"]
+    protocol = draft_protocol(consortium)
+    assert protocol["study_id"] == STUDY_ID
+    assert sorted(hospitals) == ["hospital-a", "hospital-b", "hospital-c"]
+    before = pids_matching(STRAYS)
+
+    with portal_stack(consortium, tmp_path, live_server.url) as stack:
+        worker = stack.worker("worker")
+        try:
+            run, elapsed = drive_a_study(browser, base, hospitals, consortium, protocol, worker)
+        finally:
+            worker.stop()
+        assert not worker.alive()
+
+    # Every process the stack started (workers, SuperNodes, the SuperLink and theirs) is gone.
+    assert leftovers(stack, pattern=STRAYS, before=before) == []
+
+    # The run was real: the three hospitals trained, each with its own growing privacy budget.
+    assert run.state == Run.State.COMPLETED, (run.reason, log_of(worker))
+    assert run.flower_run_id is not None
+    assert run.aggregator_facts["flower_status"]["status"] == "finished:completed"
+    assert run.aggregator_facts["has_secret_key"] is False
+    assert run.aggregator_facts["he_context_fingerprint"] == consortium.key.fingerprint
+    assert list(Round.objects.filter(run=run).values_list("number", flat=True)) == [1, 2]
+    by_hospital: dict[str, list[float]] = {}
+    for row in HospitalRound.objects.filter(round__run=run).order_by("round__number"):
+        by_hospital.setdefault(row.hospital, []).append(row.epsilon)
+    assert sorted(by_hospital) == ["hospital-a", "hospital-b", "hospital-c"]
+    assert all(0 < first < second <= 3.003 for first, second in by_hospital.values())
+    print(f"two-round run, from Start run to the charts, in {elapsed:.1f} s")
+
+
+def drive_a_study(
+    browser: Any,
+    base: str,
+    hospitals: dict[str, Hospital],
+    consortium: Consortium,
+    protocol: dict[str, Any],
+    worker: Any,
+) -> tuple[Run, float]:
     researcher_context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = researcher_context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
@@ -210,89 +217,86 @@ def test_a_study_from_creation_to_its_charts_in_the_browser(
     assert page.evaluate(topbar_border) == "solid", "portal.css is not applied"
     shot(page, "dashboard-researcher-empty.png")
 
-    # ... creates a study with the form (its defaults are the demo's protocol) ...
+    # ... creates the consortium's study with the form ...
     page.get_by_role("link", name="New study").first.click()
-    page.get_by_label("Title").fill("Sepsis early warning")
-    page.get_by_label("Slug").fill("sepsis-2026")
-    page.get_by_label("Rounds").fill(str(ROUNDS))
-    page.get_by_label("Min hospitals").fill(str(len(HOSPITALS)))
+    page.get_by_label("Title").fill("Breast cancer risk")
+    page.get_by_label("Slug").fill(STUDY_ID)
+    fill_protocol(page, protocol)
     shot(page, "study-create.png")
     page.get_by_role("button", name="Create").click()
     page.wait_for_url(f"{base}/studies/*/")
-    study = Study.objects.get(slug="sepsis-2026")
+    study = Study.objects.get(slug=STUDY_ID)
     assert study.state == Study.State.DRAFT
+    assert study.protocol == protocol, "the form did not submit the consortium's protocol"
 
-    # ... and invites both hospitals.
-    for slug in HOSPITALS:
-        page.get_by_label(f"Hospital {slug.split('-')[1].upper()}").check()
+    # ... and invites the three hospitals.
+    for hospital in hospitals.values():
+        page.get_by_label(hospital.institution.name).check()
     page.get_by_role("button", name="Invite").click()
     page.get_by_text("Hospitals invited.").wait_for()
     shot(page, "study-invited.png")
 
     # Each steward, in a browser of their own, finds the invitation and approves the protocol.
-    for slug, steward in people["stewards"].items():
+    for slug, hospital in hospitals.items():
         steward_context = browser.new_context(viewport={"width": 1280, "height": 900})
         steward_page = steward_context.new_page()
         steward_page.set_default_timeout(UI_TIMEOUT_MS)
-        sign_in(steward_page, base, steward.username)
-        if slug == HOSPITALS[0]:
+        sign_in(steward_page, base, hospital.steward.username)
+        if slug == "hospital-a":
             shot(steward_page, "dashboard-steward.png")
         steward_page.get_by_role("link", name="Review").click()
-        steward_page.get_by_text("sepsis-2026").first.wait_for()
-        if slug == HOSPITALS[0]:
+        steward_page.get_by_text(STUDY_ID).first.wait_for()
+        if slug == "hospital-a":
             shot(steward_page, "steward-decision.png")
         steward_page.get_by_role("button", name="Approve").click()
         steward_page.get_by_text("Decision recorded").wait_for()
         steward_context.close()
 
-    # The first hospital's node pins the study's keyless HE context (its own client, its token).
-    node = PortalClient(base_url=base, token=people["node_tokens"][HOSPITALS[0]])
+    # Hospital A's node pins the study's keyless HE context (its own client, its token): the
+    # public half of the key the hospital nodes hold.
+    node = PortalClient(base_url=base, token=hospitals["hospital-a"].node_token)
     node.upload_he_context(
-        study_slug="sepsis-2026",
-        aggregator_context=SecretContext.generate().aggregator_context().to_bytes(),
+        study_slug=STUDY_ID, aggregator_context=consortium.key.aggregator_context().to_bytes()
     )
     study.refresh_from_db()
     assert study.state == Study.State.READY
+    assert study.he_context_fingerprint == consortium.key.fingerprint
 
     # The researcher starts the run from the study page and lands on the live run page.
     page.reload()
+    started = time.monotonic()
     page.get_by_role("button", name="Start run").click()
     page.wait_for_url(f"{base}/runs/*/")
-    run = Run.objects.get(study=study)
-    assert fake_worker.submitted.wait(timeout=20), "the worker never submitted the run"
-    config = fake_worker.run_config
-    assert config["results-url"] == f"{base}/api/runs/{run.pk}/events/"
-
-    # From here the aggregator reports, and the open page follows without reloading.
     page.evaluate("window.__cohortNotReloaded = true")
-    sink = HttpResultsSink(config["results-url"], config["results-token"])
-    sink.run_started(
-        study_id="sepsis-2026",
-        run_id=str(fake_worker.flower_run_id),
-        rounds=ROUNDS,
-        min_hospitals=len(HOSPITALS),
-        aggregator={
-            "he_context_fingerprint": study.he_context_fingerprint,
-            "he_context_bytes": len(bytes(study.he_aggregator_context or b"")),
-            "has_secret_key": False,
-        },
-    )
+    run = Run.objects.get(study=study)
+
+    # The worker submits to the SuperLink, the hospitals train, the ServerApp reports each round,
+    # and the open page follows without reloading.
+    def stack_log() -> str:
+        return log_of(worker)
+
     for number in range(1, ROUNDS + 1):
-        sink.round_completed(round_event(number))
-        page.get_by_text(f"{number} of {ROUNDS} rounds").wait_for()
+        label = f".progress-label:text('{number} of {ROUNDS} rounds')"
+        wait_on_run(page, label, run, stack_log, timeout_s=RUN_TIMEOUT_S)
         assert page.evaluate("window.__cohortNotReloaded === true"), "the page reloaded"
-        if number == 2:
+        if number == 1:
             shot(page, "run-page-live.png")
-    sink.run_finished(status="completed")
-    fake_worker.finished.set()
 
     # The finished run shows its charts.
-    page.locator(".run-live[data-state='completed']").wait_for()
+    completed = ".run-live[data-state='completed']"
+    wait_on_run(page, completed, run, stack_log, timeout_s=RUN_TIMEOUT_S)
     page.locator(".chart svg").first.wait_for()
     assert page.evaluate("window.__cohortNotReloaded === true"), "the page reloaded"
+    elapsed = time.monotonic() - started
+    wait_until(lambda: settled(run), timeout_s=60, what=f"the worker to settle run {run.pk}")
     run.refresh_from_db()
     assert run.state == Run.State.COMPLETED
     assert run.rounds.count() == ROUNDS
+    # Each round has a row per hospital with the ε it has spent so far.
+    rows = page.locator("tr.hospital-row td:nth-child(2)").all_inner_texts()
+    assert sorted(rows) == sorted(list(hospitals) * ROUNDS), rows
+    epsilons = [float(text) for text in page.locator("td.epsilon").all_inner_texts()]
+    assert len(epsilons) == len(hospitals) * ROUNDS and all(0 < e <= 3.003 for e in epsilons)
     shot(page, "run-page.png")
 
     # Back on the dashboard, the study is completed and its latest run is at 100 %.
@@ -308,3 +312,4 @@ def test_a_study_from_creation_to_its_charts_in_the_browser(
     admin_page.get_by_role("link", name="Admin console").wait_for()
     shot(admin_page, "dashboard-admin.png")
     admin_context.close()
+    return run, elapsed

@@ -91,7 +91,7 @@ def test_node_tokens_are_stored_hashed_and_revocable():
     ],
 )
 def test_heartbeat_refuses_anything_but_a_small_flat_object(status):
-    hospital = InstitutionFactory()
+    hospital = InstitutionFactory(last_seen_at=None)
     with pytest.raises(ValidationError):
         node_heartbeat(institution=hospital, status=status)
     hospital.refresh_from_db()
@@ -106,7 +106,7 @@ def node_client(institution) -> APIClient:
 
 
 def test_the_heartbeat_api_updates_only_the_tokens_institution():
-    mine, other = InstitutionFactory(), InstitutionFactory()
+    mine, other = InstitutionFactory(last_seen_at=None), InstitutionFactory(last_seen_at=None)
     response = node_client(mine).post(
         "/api/node/heartbeat/", {"status": {"version": "1.0", "studies": 2}}, format="json"
     )
@@ -138,7 +138,9 @@ def test_session_users_cannot_post_heartbeats():
 
 
 def test_the_hospital_page_is_visible_to_its_stewards_enrolled_researchers_and_admins():
-    enrollment = EnrollmentFactory(state=Enrollment.State.INVITED)
+    enrollment = EnrollmentFactory(
+        state=Enrollment.State.INVITED, institution=InstitutionFactory(last_seen_at=None)
+    )
     hospital = enrollment.institution
     url = reverse("institutions:detail", args=[hospital.slug])
     steward = StewardFactory(institution=hospital)

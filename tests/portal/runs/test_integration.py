@@ -3,114 +3,49 @@ federation (SuperLink + three SuperNodes), and the ServerApp reports rounds to a
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from django.conf import settings
+from django.contrib.auth.models import User
 
 from core.models import AuditEvent
 from demo.setup import STUDY_ID, Consortium
-from federation.deployment import LocalFederation, ManagedProcess
-from hospitals.protocol import ENCRYPTION, canonical_json
-from institutions.models import Institution
-from institutions.services import steward_add
-from portal.celery import app as celery_app
-from portal.embedded import EmbeddedRedis
 from runs.models import HospitalRound, Round, Run
 from runs.services import run_start
 from studies.models import Study
 from studies.services import enrollment_decide, study_create, study_invite, study_set_he_context
-from tests.portal.factories import ResearcherFactory, UserFactory
+from tests.portal.factories import ResearcherFactory
+from tests.portal.stack import (
+    RUN_TIMEOUT_S,
+    draft_protocol,
+    log_of,
+    portal_stack,
+    seed_hospitals,
+    settled,
+)
 from tests.servers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[3]
-CELERY = Path(sys.executable).parent / "celery"
-RUN_TIMEOUT_S = 300
-
-
-@dataclass
-class Stack:
-    redis: EmbeddedRedis
-    federation: LocalFederation
-    portal_url: str
-    workdir: Path
-
-    def worker(self, name: str, **env: str) -> ManagedProcess:
-        db = settings.DATABASES["default"]
-        return ManagedProcess(
-            name,
-            [str(CELERY), "-A", "portal", "worker", "--pool=solo", "--concurrency=1", "-l", "info"],
-            log_path=self.workdir / f"{name}.log",
-            env={
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join([str(REPO / "platform"), str(REPO)]),
-                "DJANGO_SETTINGS_MODULE": "portal.settings.test",
-                "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-                "COHORT_REDIS_URL": self.redis.url,
-                "COHORT_SUPERLINK_ADDRESS": self.federation.address,
-                "COHORT_FLWR_HOME": str(self.federation.flwr_home),
-                "COHORT_PORTAL_URL": self.portal_url,
-                **env,
-            },
-        )
-
-
-@contextmanager
-def portal_stack(consortium: Consortium, workdir: Path, portal_url: str) -> Iterator[Stack]:
-    with ExitStack() as stack:
-        redis = stack.enter_context(EmbeddedRedis(workdir=workdir))
-        federation = stack.enter_context(
-            LocalFederation(workdir=workdir / "federation", hospitals=consortium.hospitals)
-        )
-        # This process enqueues run_study_task (run_start); point its producer at the same Redis.
-        previous = celery_app.conf.broker_url
-        _reset_producers(broker_url=redis.url)
-        try:
-            yield Stack(redis, federation, portal_url, workdir)
-        finally:
-            _reset_producers(broker_url=previous)
-
-
-def _reset_producers(*, broker_url: str) -> None:
-    """Point this process's Celery producers at `broker_url`, dropping pooled connections."""
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
-    celery_app.conf.broker_url = broker_url
 
 
 def ready_study(consortium: Consortium) -> Study:
     """The demo study set up through the portal's own services, up to `ready` with its HE key."""
     owner = ResearcherFactory()
-    document = {k: v for k, v in consortium.protocol.document.items() if k != ENCRYPTION}
+    admin = User.objects.create_superuser("admin")
     study = study_create(
         owner=owner,
         title="Breast cancer demo",
         slug=STUDY_ID,
-        protocol=json.loads(canonical_json(document)),
+        protocol=draft_protocol(consortium),
     )
-    institutions = [
-        Institution.objects.create(slug=spec.hospital, name=spec.hospital.title())
-        for spec in consortium.hospitals
-    ]
+    hospitals = seed_hospitals(consortium, admin=admin)
+    institutions = [hospital.institution for hospital in hospitals.values()]
     enrollments = study_invite(study=study, institutions=institutions, actor=owner)
     for enrollment in enrollments:
-        steward = UserFactory()
-        steward_add(user=steward, institution=enrollment.institution)
         enrollment_decide(
             enrollment=enrollment,
-            steward=steward,
+            steward=hospitals[enrollment.institution.slug].steward,
             approve=True,
             protocol_sha256=study.protocol_sha256,
             comment="",
@@ -123,23 +58,6 @@ def ready_study(consortium: Consortium) -> Study:
     study.refresh_from_db()
     assert study.state == Study.State.READY
     return study
-
-
-def settled(run: Run) -> bool:
-    """Finished, and the worker read Flower's final status (the aggregator may report first)."""
-    run.refresh_from_db()
-    return run.finished and "flower_status" in run.aggregator_facts
-
-
-def log_of(process: ManagedProcess) -> str:
-    return process.log_path.read_text(errors="replace")[-4000:]
-
-
-@pytest.fixture
-def no_proxy(monkeypatch):
-    # The ServerApp reaches the live portal on loopback; a proxy from the environment must not.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,6 +3,7 @@ from django.contrib.auth.models import User
 
 from core.errors import ConflictError, NotAllowedError, ValidationError
 from core.models import AuditEvent
+from institutions.models import Institution
 from runs.models import HospitalRound, Round, Run
 from runs.services import run_cancel, run_record_event, run_start
 from studies.models import Enrollment, Study
@@ -163,6 +164,16 @@ def test_start_is_refused_when_an_approval_is_for_an_older_protocol(study):
     )
     error = _refused_start(study)
     assert error.fields == {"stale_approvals": ["hospital-b"]}
+
+
+def test_start_is_refused_until_enough_approved_hospitals_have_an_online_node(study):
+    Institution.objects.filter(slug="hospital-b").update(last_seen_at=None)
+
+    error = _refused_start(study)
+
+    assert error.fields == {"offline_nodes": ["hospital-b"]}
+    assert "cohort-hospital heartbeat" in error.message
+    assert not Run.objects.filter(study=study).exists()
 
 
 def test_only_the_owner_starts_a_run(study):
