@@ -11,6 +11,7 @@ from crypto import CkksParams, SecretContext
 from federation.deployment import HospitalNodeSpec
 from hospitals.demo_data import BREAST_CANCER_SCHEMA, DemoFiles, write_breast_cancer_demo
 from hospitals.keys import save_study_key
+from hospitals.node import NodeSettings
 from hospitals.protocol import StudyProtocol, canonical_json
 
 STUDY_ID = "breast-cancer-demo"
@@ -35,6 +36,20 @@ class Consortium:
     protocol: StudyProtocol
     key: SecretContext
     hospitals: list[HospitalNodeSpec]
+
+    @property
+    def nodes(self) -> dict[str, NodeSettings]:
+        """Each hospital's node settings, as its SuperNode reads them from --node-config."""
+        return {
+            spec.hospital: NodeSettings(
+                hospital=spec.hospital,
+                data_path=spec.data_path,
+                state_dir=spec.state_dir,
+                policy_path=spec.policy_path,
+                dataset_id=spec.dataset_id,
+            )
+            for spec in self.hospitals
+        }
 
 
 def demo_protocol(settings: DemoSettings, *, key: SecretContext) -> dict[str, Any]:

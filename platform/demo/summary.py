@@ -16,7 +16,6 @@ from federation.runner import RunOutcome
 from hospitals.data import load_dataset
 from hospitals.ledger import PrivacyLedger
 from hospitals.models import parameter_count
-from hospitals.node import NodeSettings
 from hospitals.participation import released_model_path
 
 
@@ -63,24 +62,11 @@ def round_summary(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def node_settings(consortium: Consortium) -> list[NodeSettings]:
-    return [
-        NodeSettings(
-            hospital=spec.hospital,
-            data_path=spec.data_path,
-            state_dir=spec.state_dir,
-            policy_path=spec.policy_path,
-            dataset_id=spec.dataset_id,
-        )
-        for spec in consortium.hospitals
-    ]
-
-
 def privacy_summary(consortium: Consortium, outcome: RunOutcome) -> dict[str, Any]:
     """Read back from each node's ledger, the authority: ε recomputed from what it recorded."""
     privacy = consortium.protocol.privacy
     summary: dict[str, Any] = {}
-    for node in node_settings(consortium):
+    for node in list(consortium.nodes.values()):
         ledger = PrivacyLedger(node.ledger_path)
         entries = ledger.entries(dataset_id=node.dataset_id, run_id=str(outcome.run_id))
         if not entries:
@@ -138,7 +124,7 @@ def encryption_summary(consortium: Consortium, outcome: RunOutcome) -> dict[str,
 
 def released_model_path_of(consortium: Consortium, outcome: RunOutcome) -> Path:
     """Where the key-holding hospital's node kept the final model it decrypted."""
-    node = node_settings(consortium)[0]
+    node = next(iter(consortium.nodes.values()))
     return released_model_path(
         node, study_id=consortium.protocol.study_id, run_id=str(outcome.run_id)
     )
@@ -147,7 +133,7 @@ def released_model_path_of(consortium: Consortium, outcome: RunOutcome) -> Path:
 def final_comparison(consortium: Consortium, outcome: RunOutcome) -> dict[str, Any]:
     protocol = consortium.protocol
     test = load_dataset(consortium.files.test, protocol.schema)
-    nodes = node_settings(consortium)
+    nodes = list(consortium.nodes.values())
     released = np.load(released_model_path_of(consortium, outcome))
     federated = baselines.released(protocol, released["parameters"])
     trains = {node.hospital: baselines.training_rows(protocol, node.data_path) for node in nodes}

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
-from rest_framework import authentication, exceptions
+from rest_framework import exceptions
 from rest_framework.request import Request
 
+from core.authentication import KeywordTokenAuthentication
 from core.tokens import digest_matches, token_prefix
 from institutions.models import Institution, NodeToken
 
@@ -26,21 +27,16 @@ class NodePrincipal:
         return self.token.institution
 
 
-class NodeTokenAuthentication(authentication.BaseAuthentication):
+class NodeTokenAuthentication(KeywordTokenAuthentication):
     keyword = "Node"
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, NodePrincipal] | None:
-        header = authentication.get_authorization_header(request).decode("latin-1").split()
-        if not header or header[0] != self.keyword:
+        raw = self.raw_token(request)
+        if raw is None:
             return None
-        if len(header) != 2:
-            raise exceptions.AuthenticationFailed("use 'Authorization: Node <token>'")
-        token = self._active_token(header[1])
+        token = self._active_token(raw)
         NodeToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return AnonymousUser(), NodePrincipal(token)
-
-    def authenticate_header(self, request: Request) -> str:
-        return self.keyword
 
     @staticmethod
     def _active_token(raw: str) -> NodeToken:

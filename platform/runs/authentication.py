@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AnonymousUser
-from rest_framework import authentication, exceptions
+from rest_framework import exceptions
 from rest_framework.request import Request
 
+from core.authentication import KeywordTokenAuthentication
 from core.tokens import digest_matches, token_prefix
 from runs.models import Run
 
@@ -21,22 +22,17 @@ class RunPrincipal:
     run: Run
 
 
-class RunTokenAuthentication(authentication.BaseAuthentication):
+class RunTokenAuthentication(KeywordTokenAuthentication):
     keyword = "Run"
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, RunPrincipal] | None:
-        header = authentication.get_authorization_header(request).decode("latin-1").split()
-        if not header or header[0] != self.keyword:
+        raw = self.raw_token(request)
+        if raw is None:
             return None
-        if len(header) != 2:
-            raise exceptions.AuthenticationFailed("use 'Authorization: Run <token>'")
-        prefix = token_prefix(header[1], kind=RUN_TOKEN_KIND)
+        prefix = token_prefix(raw, kind=RUN_TOKEN_KIND)
         run = Run.objects.filter(token_prefix=prefix).first() if prefix else None
-        if run is None or not digest_matches(header[1], run.token_digest):
+        if run is None or not digest_matches(raw, run.token_digest):
             raise exceptions.AuthenticationFailed("unknown run token")
         if run.finished:
             raise exceptions.AuthenticationFailed("this run has finished; its token is spent")
         return AnonymousUser(), RunPrincipal(run)
-
-    def authenticate_header(self, request: Request) -> str:
-        return self.keyword

@@ -14,7 +14,6 @@ from aggregator.config import AggregatorConfig, ConfigError
 from aggregator.results import JsonlResultsSink, read_events
 from aggregator.rounds import RunFailedError, run_study
 from demo.setup import Consortium
-from hospitals.node import NodeSettings
 from hospitals.participation import released_model_path
 from hospitals.protocol import canonical_json
 from tests.inprocess import RUN_ID, InProcessGrid
@@ -42,11 +41,9 @@ def run(consortium: Consortium, tmp_path: Path, grid: InProcessGrid) -> list[dic
 
 
 def released(consortium: Consortium, hospital: str) -> np.ndarray:
-    spec = next(s for s in consortium.hospitals if s.hospital == hospital)
-    node = NodeSettings(
-        spec.hospital, spec.data_path, spec.state_dir, spec.policy_path, spec.dataset_id
+    path = released_model_path(
+        consortium.nodes[hospital], study_id=consortium.protocol.study_id, run_id=str(RUN_ID)
     )
-    path = released_model_path(node, study_id=consortium.protocol.study_id, run_id=str(RUN_ID))
     return np.load(path)["parameters"]
 
 

@@ -9,7 +9,6 @@ from demo.setup import Consortium
 from federation.deployment import LocalFederation
 from federation.runner import StudyRequest, run_and_follow
 from hospitals.ledger import PrivacyLedger
-from hospitals.node import NodeSettings
 from hospitals.participation import released_model_path
 from hospitals.protocol import canonical_json
 
@@ -23,15 +22,6 @@ def study_request(consortium: Consortium, tmp_path) -> StudyRequest:
         results_path=tmp_path / "results.jsonl",
         join_timeout_s=60,
     )
-
-
-def nodes(consortium: Consortium) -> dict[str, NodeSettings]:
-    return {
-        spec.hospital: NodeSettings(
-            spec.hospital, spec.data_path, spec.state_dir, spec.policy_path, spec.dataset_id
-        )
-        for spec in consortium.hospitals
-    }
 
 
 def test_two_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_consortium, tmp_path):
@@ -69,7 +59,7 @@ def test_two_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_consor
     )
 
     run_id = str(outcome.run_id)
-    node = nodes(consortium)
+    node = consortium.nodes
     recorded = {
         name: len(PrivacyLedger(n.ledger_path).entries(dataset_id=n.dataset_id, run_id=run_id))
         for name, n in node.items()

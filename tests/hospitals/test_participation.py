@@ -13,10 +13,7 @@ from hospitals.participation import RoundRefusedError, RoundRequest, train_round
 
 
 def node_of(consortium: Consortium, index: int = 0) -> NodeSettings:
-    spec = consortium.hospitals[index]
-    return NodeSettings(
-        spec.hospital, spec.data_path, spec.state_dir, spec.policy_path, spec.dataset_id
-    )
+    return consortium.nodes[consortium.hospitals[index].hospital]
 
 
 def request(
