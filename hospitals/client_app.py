@@ -12,6 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from hospitals import wire
+from hospitals.dp import EPSILON_CONVERSIONS
 from hospitals.node import NodeSettings, node_logger
 from hospitals.participation import (
     EvaluationOutcome,
@@ -26,6 +27,8 @@ from hospitals.protocol import ProtocolError, StudyProtocol
 app = ClientApp()
 
 
+# Consent comes from the node's own config and policy: the portal's snapshot, or the policy's
+# waiver. Nothing in a message can choose or replace it.
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     return _handle(msg, context, lambda node, request: _train_reply(train_round(node, request)))
@@ -39,16 +42,22 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _handle(
-    msg: Message, context: Context, act: Callable[[NodeSettings, RoundRequest], RecordDict]
+    msg: Message,
+    context: Context,
+    act: Callable[[NodeSettings, RoundRequest], tuple[RecordDict, str]],
 ) -> Message:
     node = NodeSettings.from_node_config(context.node_config)
     identity = ConfigRecord({"hospital": node.hospital})
     try:
         request = round_request(msg)
-        # The protocol hash and accountant this node acted under, so nodes can be compared.
+        # The protocol hash, accountant and ε conversion this node acted under, so nodes can be
+        # compared; the consent basis once the round has one.
+        accountant = request.protocol.privacy.accountant
         identity["protocol_sha256"] = request.protocol.sha256
-        identity["accountant"] = str(request.protocol.privacy.accountant)
-        content = act(node, request)
+        identity["accountant"] = str(accountant)
+        identity["epsilon_conversion"] = EPSILON_CONVERSIONS[accountant]
+        content, consent = act(node, request)
+        identity["consent"] = consent
     except RoundRefusedError as refusal:
         node_logger(node).warning("round refused (%s): %s", refusal.code, refusal.reason)
         content = _refusal(refusal.code, refusal.reason)
@@ -90,10 +99,10 @@ def round_request(msg: Message) -> RoundRequest:
     )
 
 
-def _train_reply(outcome: TrainOutcome) -> RecordDict:
+def _train_reply(outcome: TrainOutcome) -> tuple[RecordDict, str]:
     step = outcome.step
     blob = outcome.update
-    return RecordDict(
+    content = RecordDict(
         {
             wire.UPDATE: ArrayRecord(
                 {wire.BLOB: Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)}
@@ -111,13 +120,14 @@ def _train_reply(outcome: TrainOutcome) -> RecordDict:
             ),
         }
     )
+    return content, outcome.consent
 
 
-def _evaluate_reply(outcome: EvaluationOutcome) -> RecordDict:
+def _evaluate_reply(outcome: EvaluationOutcome) -> tuple[RecordDict, str]:
     published = ("loss", "accuracy", "roc_auc")  # not the exact held-out count
     values = outcome.metrics.to_dict()
     metrics: dict[str, int | float | list[int] | list[float]] = {
         key: float(value) for key in published if (value := values[key]) is not None
     }
     metrics["rows_rounded"] = outcome.rows_rounded
-    return RecordDict({wire.EVAL_REPORT: MetricRecord(metrics)})
+    return RecordDict({wire.EVAL_REPORT: MetricRecord(metrics)}), outcome.consent

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +106,15 @@ class LocalDataset:
         return float(self.labels.mean())
 
 
-def load_dataset(path: Path, schema: DatasetSchema) -> LocalDataset:
-    """Read ``path`` (.csv or .parquet), check every cell against ``schema`` and encode it."""
+def load_dataset(
+    path: Path, schema: DatasetSchema, *, include: Callable[[str], bool] | None = None
+) -> LocalDataset:
+    """Read ``path`` (.csv or .parquet), check every cell against ``schema`` and encode it.
+
+    With ``include``, only the rows whose patient id it accepts are parsed and encoded (patients
+    with consent): the others' values are never read, not even into an imputed mean. Patient ids
+    are checked in every row.
+    """
     source = str(path)
     table = _read_table(path, source=source)
     _check_columns(table, schema=schema, source=source)
@@ -122,6 +129,12 @@ def load_dataset(path: Path, schema: DatasetSchema) -> LocalDataset:
     patient_ids = _parse_ids(
         table[schema.id_column], rows=row_numbers, schema=schema, source=source
     )
+    if include is not None:
+        kept = np.array([bool(include(patient_id)) for patient_id in patient_ids], dtype=np.bool_)
+        if not kept.any():
+            return _empty(schema, source=source)
+        table, row_numbers = table[kept], row_numbers[kept]
+        patient_ids = tuple(pid for pid, keep in zip(patient_ids, kept, strict=True) if keep)
     parsed = _ParsedColumns(rows=row_numbers, source=source)
     features = [
         parsed.feature(column, table[column.name], policy=schema.missing)
@@ -134,6 +147,15 @@ def load_dataset(path: Path, schema: DatasetSchema) -> LocalDataset:
         features=features,
         labels=labels,
         schema=schema,
+        source=source,
+    )
+
+
+def _empty(schema: DatasetSchema, *, source: str) -> LocalDataset:
+    return LocalDataset(
+        patient_ids=(),
+        features=np.zeros((0, schema.n_features), dtype=np.float32),
+        labels=np.zeros(0, dtype=np.float32),
         source=source,
     )
 

@@ -7,9 +7,11 @@ C mostly malignant), each hospital keeping enough of both classes to train and e
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,11 @@ CLASS_SHARES: Mapping[int, tuple[float, float, float]] = {
     0: (0.64, 0.26, 0.10),  # benign
     1: (0.26, 0.36, 0.38),  # malignant
 }
+# The demo's consent exports: most patients consented to form version 1, a few withdrew later and
+# a few were never asked (no record: not consented either).
+CONSENT_SHARES = {"granted": 0.93, "withdrawn": 0.04}
+CONSENT_FORM_VERSION = 1
+_CONSENT_PERIOD = (date(2025, 1, 6), date(2026, 10, 30))
 _RANGE_MARGIN = 0.1
 _SIGNIFICANT_DIGITS = 3
 
@@ -124,3 +131,25 @@ def _with_ids(part: pd.DataFrame, *, prefix: str, rng: np.random.Generator) -> p
     shuffled = part.iloc[rng.permutation(len(part))].reset_index(drop=True)
     ids = [f"{prefix}-{number:04d}" for number in range(1, len(shuffled) + 1)]
     return pd.concat([pd.DataFrame({"patient_id": ids}), shuffled], axis=1)
+
+
+def write_consent_export(*, data_path: Path, out_path: Path, seed: int = 7) -> Path:
+    """A hospital's consent export for the patients in ``data_path``, as its EHR would write it:
+    patient_id,status,date,form_version — deterministic per seed."""
+    patient_ids = pd.read_csv(data_path, usecols=["patient_id"], dtype=str)["patient_id"]
+    rng = np.random.default_rng([seed, len(patient_ids)])
+    first, last = _CONSENT_PERIOD
+    days = (last - first).days
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", newline="", encoding="utf-8") as export:
+        writer = csv.writer(export)
+        writer.writerow(["patient_id", "status", "date", "form_version"])
+        for patient_id in patient_ids:
+            draw = rng.random()
+            granted_on = first + timedelta(days=int(rng.integers(0, days // 2)))
+            if draw < CONSENT_SHARES["granted"]:
+                writer.writerow([patient_id, "granted", granted_on, CONSENT_FORM_VERSION])
+            elif draw < CONSENT_SHARES["granted"] + CONSENT_SHARES["withdrawn"]:
+                withdrawn_on = granted_on + timedelta(days=int(rng.integers(1, days // 2)))
+                writer.writerow([patient_id, "withdrawn", withdrawn_on, ""])
+    return out_path

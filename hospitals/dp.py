@@ -23,7 +23,8 @@ from typing import Literal
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
+from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants.analysis.rdp import compute_rdp
 from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -56,6 +57,18 @@ _OPACUS_MODULE_ATTRIBUTES = (
 class Accountant(StrEnum):
     RDP = "rdp"
     PRV = "prv"
+
+
+# How each accountant's bound becomes (ε, δ); every ε the platform publishes names its conversion.
+# RDP: Balle et al. 2020 ("Hypothesis testing interpretations and Rényi DP", Opacus 1.6's
+# get_privacy_spent) is a valid and tighter bound than Mironov 2017's classic ε = RDP(α) +
+# log(1/δ)/(α−1), which published tables (TF-Privacy) use; it reports 10–20% less ε for the same
+# mechanism. PRV (Gopi et al. 2021) composes privacy loss distributions numerically and reports
+# the upper end of its error bound.
+EPSILON_CONVERSIONS: dict[Accountant, str] = {
+    Accountant.RDP: "rdp-balle2020",
+    Accountant.PRV: "prv-gopi2021-upper",
+}
 
 
 def _require_positive_finite(name: str, value: float) -> None:
@@ -163,6 +176,24 @@ def steps_per_round(*, n_rows: int, training: TrainingSettings) -> int:
     return training.local_epochs * _poisson_batches_per_epoch(sample_rate)
 
 
+def plan_round(
+    *, privacy: DpSettings, training: TrainingSettings, rounds: int, n_rows: int
+) -> PrivacyStep:
+    """One round's DP parameters for `n_rows` training rows: σ is set so that `rounds` such rounds
+    land on the study's target ε. Nodes charge exactly this; the portal's preflight projects it."""
+    _require_positive_int("rounds", rounds)
+    sample_rate = sample_rate_for(n_rows=n_rows, batch_size=training.batch_size)
+    steps = steps_per_round(n_rows=n_rows, training=training)
+    noise = plan_noise_multiplier(dp=privacy, sample_rate=sample_rate, total_steps=steps * rounds)
+    return PrivacyStep(
+        sample_rate=sample_rate,
+        noise_multiplier=noise,
+        steps=steps,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+    )
+
+
 def plan_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: int) -> float:
     """σ for which `total_steps` steps at `sample_rate` spend just under (target ε, δ).
 
@@ -210,6 +241,33 @@ def epsilon_of(steps: Sequence[PrivacyStep], *, delta: float, accountant: Accoun
     ]
     with _unsubsampled_prv_quiet():
         return float(mechanism.get_epsilon(delta=delta))
+
+
+def classic_rdp_epsilon(steps: Sequence[PrivacyStep], *, delta: float) -> float:
+    """ε by RDP with the classic conversion (Mironov 2017, Prop. 3), as in published tables.
+
+    For comparison only: `epsilon_of` with RDP uses Opacus's tighter conversion, and that is what
+    the ledger enforces and the platform reports.
+    """
+    _require_delta(delta)
+    if not steps:
+        return 0.0
+    orders = np.array(RDPAccountant.DEFAULT_ALPHAS, dtype=float)
+    rdp = sum(
+        (
+            np.asarray(
+                compute_rdp(
+                    q=step.sample_rate,
+                    noise_multiplier=step.noise_multiplier,
+                    steps=step.steps,
+                    orders=orders,
+                )
+            )
+            for step in steps
+        ),
+        start=np.zeros_like(orders),
+    )
+    return float(np.min(rdp + math.log(1 / delta) / (orders - 1)))
 
 
 @contextmanager

@@ -1,29 +1,37 @@
 """A hospital's part in one round: check, train with DP-SGD, encrypt; or decrypt and evaluate.
 
 Flower-free, so it can be tested directly. Everything that reaches the aggregator is chosen here:
-an encrypted update, the DP parameters behind it, ε, rounded row counts, timings and metrics.
-Refusals carry a reason that is safe to publish; details that could reveal data stay in the node
-log.
+an encrypted update, the DP parameters behind it, ε, rounded row counts, timings, metrics and
+the consent basis (the consent snapshot's hash, or the ethics board's waiver). Only rows with
+current consent are read, for training and evaluation alike; the snapshot is pulled again for
+every message, so a withdrawal takes effect from the next round. Refusals carry a reason that is
+safe to publish; details that could reveal data stay in the node log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from torch import nn
 
 from crypto import CryptoError, EncryptedUpdate, SecretContext, decrypt_mean, encrypt_update
+from hospitals.consent import (
+    ConsentBasis,
+    ConsentSource,
+    ConsentUnavailableError,
+    resolve_consent,
+)
 from hospitals.data import DataError, LocalDataset, load_dataset, split_holdout
 from hospitals.dp import (
     PrivacyStep,
     epsilon_of,
-    plan_noise_multiplier,
-    sample_rate_for,
-    steps_per_round,
+    plan_round,
     train_dp,
 )
 from hospitals.evaluation import Metrics, evaluate
@@ -38,6 +46,8 @@ MAX_GLOBAL_STATE_BYTES = 1 << 30
 PUBLISHED_ROW_GRANULARITY = 10
 # Slack for float error when comparing a run's ε with the study's target.
 TARGET_TOLERANCE = 1e-3
+
+T = TypeVar("T")
 
 
 class RoundRefusedError(Exception):
@@ -65,51 +75,117 @@ class TrainOutcome:
     run_epsilon: float
     rows_rounded: int
     train_seconds: float
+    consent: str  # the consent snapshot's sha256, or "waived: <the ethics board's decision>"
 
 
 @dataclass(frozen=True)
 class EvaluationOutcome:
     metrics: Metrics
     rows_rounded: int
+    consent: str
 
 
 @dataclass(frozen=True)
 class Preparation:
     policy: NodePolicy
     key: SecretContext
+    consent: ConsentBasis
     train: LocalDataset
     holdout: LocalDataset
 
 
-def prepare(node: NodeSettings, request: RoundRequest) -> Preparation:
-    """Everything the node checks before it touches a model; each failure is a RoundRefusedError."""
+@dataclass(frozen=True)
+class Blocker:
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The node's own view of a study before a run: what it would use, and what would stop it."""
+
+    consent: ConsentBasis | None
+    rows_train: int
+    rows_holdout: int
+    blockers: tuple[Blocker, ...]
+
+
+def prepare(
+    node: NodeSettings, request: RoundRequest, *, consent: ConsentSource | None = None
+) -> Preparation:
+    """Everything the node checks before it touches a model; each failure is a RoundRefusedError.
+
+    `consent` replaces the portal as the source of consent snapshots (tests); whether one is
+    needed at all is the node policy's decision (its consent_waiver).
+    """
     protocol = request.protocol
     policy = _policy(node)
-    if not policy.allows_study(protocol.study_id):
-        raise RoundRefusedError(
-            "study-not-allowed", f"node policy does not allow study '{protocol.study_id}'"
-        )
+    _check_study_allowed(policy, protocol)
     key = _study_key(node, protocol)
-    dataset = _dataset(node, protocol)
-    if len(dataset) < policy.min_cohort_size:
-        raise RoundRefusedError(
-            "cohort-too-small",
-            f"{len(dataset)} usable rows is below the node policy's minimum cohort of "
-            f"{policy.min_cohort_size}",
-        )
-    train, holdout = split_holdout(
-        dataset, fraction=protocol.holdout_fraction, salt=protocol.study_id
+    _check_key_matches(key, protocol)
+    basis = _consent(node, protocol, policy, consent)
+    dataset = _consented_dataset(node, protocol, basis)
+    _check_cohort(dataset, policy, basis)
+    train, holdout = _split(dataset, protocol)
+    return Preparation(policy=policy, key=key, consent=basis, train=train, holdout=holdout)
+
+
+def assess(
+    node: NodeSettings, protocol: StudyProtocol, *, consent: ConsentSource | None = None
+) -> Readiness:
+    """The checks of `prepare` without a round: every blocker found, and the rows a round would
+    use. A missing key is a blocker, not an error; its fingerprint is checked once the protocol
+    pins one."""
+    blockers: list[Blocker] = []
+
+    def attempt(check: Callable[[], T]) -> T | None:
+        try:
+            return check()
+        except RoundRefusedError as refusal:
+            blockers.append(Blocker(refusal.code, refusal.reason))
+            return None
+
+    policy = attempt(lambda: _policy(node))
+    if policy is None:
+        return Readiness(consent=None, rows_train=0, rows_holdout=0, blockers=tuple(blockers))
+    attempt(lambda: _check_study_allowed(policy, protocol))
+    key = attempt(lambda: _study_key(node, protocol))
+    if key is not None and protocol.encryption is not None:
+        attempt(lambda: _check_key_matches(key, protocol))
+    basis = attempt(lambda: _consent(node, protocol, policy, consent))
+    split = None
+    if basis is not None:
+        dataset = attempt(lambda: _consented_dataset(node, protocol, basis))
+        if dataset is not None:
+            found = len(blockers)
+            attempt(lambda: _check_cohort(dataset, policy, basis))
+            # Rows are counted even in a cohort too small, so the portal can show how far off
+            # it is; a split that then fails is the same blocker, not another one.
+            split = (
+                attempt(lambda: _split(dataset, protocol))
+                if len(blockers) == found
+                else _split_or_none(dataset, protocol)
+            )
+    train, holdout = (len(split[0]), len(split[1])) if split is not None else (0, 0)
+    return Readiness(
+        consent=basis, rows_train=train, rows_holdout=holdout, blockers=tuple(blockers)
     )
-    return Preparation(policy=policy, key=key, train=train, holdout=holdout)
 
 
-def train_round(node: NodeSettings, request: RoundRequest) -> TrainOutcome:
+def train_round(
+    node: NodeSettings, request: RoundRequest, *, consent: ConsentSource | None = None
+) -> TrainOutcome:
     """Train the received global model on local rows with DP-SGD and encrypt the weighted result."""
     protocol = request.protocol
-    prepared = prepare(node, request)
+    prepared = prepare(node, request, consent=consent)
     model = _global_model(prepared.key, request, n_features=protocol.schema.n_features)
     ledger = PrivacyLedger(node.ledger_path)
-    planned = _planned_step(protocol, n_rows=len(prepared.train))
+    planned = plan_round(
+        privacy=protocol.privacy,
+        training=protocol.training,
+        rounds=protocol.rounds,
+        n_rows=len(prepared.train),
+    )
     # Charged before training: budget spent counts even if the reply is later lost.
     _charge(node, request, ledger, prepared.policy, planned)
     started = time.perf_counter()
@@ -134,17 +210,24 @@ def train_round(node: NodeSettings, request: RoundRequest) -> TrainOutcome:
         run_epsilon=_run_epsilon(ledger, node, request),
         rows_rounded=published_rows(len(prepared.train)),
         train_seconds=train_seconds,
+        consent=prepared.consent.label,
     )
 
 
-def evaluate_round(node: NodeSettings, request: RoundRequest) -> EvaluationOutcome:
+def evaluate_round(
+    node: NodeSettings, request: RoundRequest, *, consent: ConsentSource | None = None
+) -> EvaluationOutcome:
     """Decrypt the new global model and evaluate it on this hospital's held-out rows."""
-    prepared = prepare(node, request)
+    prepared = prepare(node, request, consent=consent)
     model = _global_model(prepared.key, request, n_features=request.protocol.schema.n_features)
     metrics = evaluate(model, features=prepared.holdout.features, labels=prepared.holdout.labels)
     if request.final:
         save_released_model(node, request, get_flat_parameters(model))
-    return EvaluationOutcome(metrics=metrics, rows_rounded=published_rows(len(prepared.holdout)))
+    return EvaluationOutcome(
+        metrics=metrics,
+        rows_rounded=published_rows(len(prepared.holdout)),
+        consent=prepared.consent.label,
+    )
 
 
 def published_rows(count: int) -> int:
@@ -170,11 +253,21 @@ def _policy(node: NodeSettings) -> NodePolicy:
         raise RoundRefusedError("invalid-policy", str(error)) from error
 
 
+def _check_study_allowed(policy: NodePolicy, protocol: StudyProtocol) -> None:
+    if not policy.allows_study(protocol.study_id):
+        raise RoundRefusedError(
+            "study-not-allowed", f"node policy does not allow study '{protocol.study_id}'"
+        )
+
+
 def _study_key(node: NodeSettings, protocol: StudyProtocol) -> SecretContext:
     try:
-        key = load_study_key(node.keys_dir, study_id=protocol.study_id)
+        return load_study_key(node.keys_dir, study_id=protocol.study_id)
     except (MissingStudyKeyError, CryptoError) as error:
         raise RoundRefusedError("missing-key", str(error)) from error
+
+
+def _check_key_matches(key: SecretContext, protocol: StudyProtocol) -> None:
     if protocol.encryption is None:
         raise RoundRefusedError(
             "missing-encryption", "the protocol pins no HE context; HE is required"
@@ -184,12 +277,25 @@ def _study_key(node: NodeSettings, protocol: StudyProtocol) -> SecretContext:
             "key-mismatch",
             "the node's HE key for this study does not match the protocol's fingerprint",
         )
-    return key
 
 
-def _dataset(node: NodeSettings, protocol: StudyProtocol) -> LocalDataset:
+def _consent(
+    node: NodeSettings, protocol: StudyProtocol, policy: NodePolicy, source: ConsentSource | None
+) -> ConsentBasis:
     try:
-        return load_dataset(node.data_path, protocol.schema)
+        return resolve_consent(
+            node, study_id=protocol.study_id, waiver=policy.consent_waiver, source=source
+        )
+    except ConsentUnavailableError as error:
+        node_logger(node).error("no consent basis: %s (%r)", error, error.__cause__)
+        raise RoundRefusedError("consent-unavailable", str(error)) from error
+
+
+def _consented_dataset(
+    node: NodeSettings, protocol: StudyProtocol, basis: ConsentBasis
+) -> LocalDataset:
+    try:
+        return load_dataset(node.data_path, protocol.schema, include=basis.row_filter)
     except DataError as error:
         # The error may quote a cell of the file: it stays in the node log, never in the reply.
         node_logger(node).error("dataset rejected: %s", error)
@@ -198,6 +304,36 @@ def _dataset(node: NodeSettings, protocol: StudyProtocol) -> LocalDataset:
             "local data failed validation against the study schema "
             f"(details in {node.log_path.name} at the node)",
         ) from error
+
+
+def _check_cohort(dataset: LocalDataset, policy: NodePolicy, basis: ConsentBasis) -> None:
+    if len(dataset) < policy.min_cohort_size:
+        usable = "usable" if basis.snapshot is None else "consented"
+        raise RoundRefusedError(
+            "cohort-too-small",
+            f"{len(dataset)} {usable} rows is below the node policy's minimum cohort of "
+            f"{policy.min_cohort_size}",
+        )
+
+
+def _split(dataset: LocalDataset, protocol: StudyProtocol) -> tuple[LocalDataset, LocalDataset]:
+    try:
+        return split_holdout(dataset, fraction=protocol.holdout_fraction, salt=protocol.study_id)
+    except DataError as error:
+        raise RoundRefusedError(
+            "cohort-too-small",
+            f"{len(dataset)} usable rows cannot be split into training and held-out rows with "
+            f"the study's holdout fraction {protocol.holdout_fraction}",
+        ) from error
+
+
+def _split_or_none(
+    dataset: LocalDataset, protocol: StudyProtocol
+) -> tuple[LocalDataset, LocalDataset] | None:
+    try:
+        return _split(dataset, protocol)
+    except RoundRefusedError:
+        return None
 
 
 def _global_model(key: SecretContext, request: RoundRequest, *, n_features: int) -> nn.Module:
@@ -218,22 +354,6 @@ def _global_model(key: SecretContext, request: RoundRequest, *, n_features: int)
             "invalid-global-state", f"the global model could not be decrypted: {error}"
         ) from error
     return model
-
-
-def _planned_step(protocol: StudyProtocol, *, n_rows: int) -> PrivacyStep:
-    """This round's DP parameters: σ is set so the whole run lands on the study's target ε."""
-    sample_rate = sample_rate_for(n_rows=n_rows, batch_size=protocol.training.batch_size)
-    steps = steps_per_round(n_rows=n_rows, training=protocol.training)
-    noise = plan_noise_multiplier(
-        dp=protocol.privacy, sample_rate=sample_rate, total_steps=steps * protocol.rounds
-    )
-    return PrivacyStep(
-        sample_rate=sample_rate,
-        noise_multiplier=noise,
-        steps=steps,
-        delta=protocol.privacy.delta,
-        accountant=protocol.privacy.accountant,
-    )
 
 
 def _charge(

@@ -57,6 +57,21 @@ def _study_ids(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+MAX_WAIVER_LENGTH = 500
+
+
+def _waiver(value: object) -> str:
+    if not isinstance(value, str):
+        raise PolicyError(f"must be text (empty for none), got {value!r}")
+    text = " ".join(value.split())
+    if len(text) > MAX_WAIVER_LENGTH:
+        raise PolicyError(
+            f"is {len(text)} characters; cite the ethics board's decision in at most "
+            f"{MAX_WAIVER_LENGTH} (it is published with every round)"
+        )
+    return text
+
+
 # One parser per key, shared by the dataclass and the file loader so both enforce the same ranges.
 _PARSERS: dict[str, Callable[[object], object]] = {
     "max_lifetime_epsilon": _positive_finite_number,
@@ -65,6 +80,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "min_cohort_size": _positive_integer,
     "require_he": _boolean,
     "allowed_studies": _study_ids,
+    "consent_waiver": _waiver,
 }
 
 
@@ -76,6 +92,9 @@ class NodePolicy:
     min_cohort_size: int = 50  # refuse rounds with fewer usable rows
     require_he: bool = True  # refuse studies whose updates are not homomorphically encrypted
     allowed_studies: tuple[str, ...] = ()  # empty: any study; otherwise only these study ids
+    # Empty: every round uses only rows with current consent (the study's snapshot from the
+    # portal). Otherwise the ethics board's waiver of individual consent for this node's data.
+    consent_waiver: str = ""
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -142,4 +161,12 @@ require_he = true
 # Study ids this node takes part in; an empty list allows any study the node is invited to.
 # allowed_studies = ["sepsis-2026", "readmission-2027"]
 allowed_studies = []
+
+# Patient consent. Empty (the default): before every round the node pulls the study's consent
+# snapshot from the portal (portal-url in the node config) and uses only rows whose patients have
+# current consent; if the snapshot cannot be had, the node refuses the round.
+# Otherwise: cite the ethics board's decision that waives individual consent for this node's
+# data; the node then uses all rows and publishes "waived: <this text>" with every round.
+# consent_waiver = "Ethics board XY, decision 2026-041: individual consent waived (registry data)"
+consent_waiver = ""
 """

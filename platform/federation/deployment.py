@@ -33,6 +33,7 @@ class HospitalNodeSpec:
     state_dir: Path
     policy_path: Path
     dataset_id: str
+    portal_url: str | None = None  # where the node pulls consent snapshots and reports to
 
     def node_config(self) -> str:
         pairs = {
@@ -42,6 +43,8 @@ class HospitalNodeSpec:
             "policy-path": str(self.policy_path.resolve()),
             "dataset-id": self.dataset_id,
         }
+        if self.portal_url:
+            pairs["portal-url"] = self.portal_url
         return " ".join(f"{key}={_toml_string(value)}" for key, value in pairs.items())
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crypto import SecretContext, encrypt_update
-from demo.setup import Consortium
+from demo.setup import DEMO_CONSENT_WAIVER, Consortium
 from hospitals.ledger import PrivacyLedger
 from hospitals.node import NodeSettings
 from hospitals.participation import RoundRefusedError, RoundRequest, train_round
@@ -14,6 +14,11 @@ from hospitals.participation import RoundRefusedError, RoundRequest, train_round
 
 def node_of(consortium: Consortium, index: int = 0) -> NodeSettings:
     return consortium.nodes[consortium.hospitals[index].hospital]
+
+
+def waived(policy: str) -> str:
+    """A policy text with the demo's consent waiver, as the demo's nodes have."""
+    return policy + f'consent_waiver = "{DEMO_CONSENT_WAIVER}"\n'
 
 
 def request(
@@ -38,7 +43,7 @@ def test_the_ledger_refuses_an_over_budget_round_after_a_restart(make_consortium
     spent = PrivacyLedger(node.ledger_path).epsilon(
         dataset_id=node.dataset_id, delta=1e-5, accountant=first.step.accountant
     )
-    node.policy_path.write_text(f"max_lifetime_epsilon = {spent * 1.05}\n")
+    node.policy_path.write_text(waived(f"max_lifetime_epsilon = {spent * 1.05}\n"))
 
     # A fresh ledger on the same file is what a restarted node (or the next ClientApp) sees.
     with pytest.raises(RoundRefusedError) as refusal:
@@ -90,7 +95,9 @@ def test_a_global_state_under_another_key_is_refused(make_consortium):
 def test_a_cohort_below_the_policy_minimum_is_refused(make_consortium):
     consortium = make_consortium(rounds=1)
     node = node_of(consortium)
-    node.policy_path.write_text("min_cohort_size = 100000\n")
+    node.policy_path.write_text(waived("min_cohort_size = 100000\n"))
 
-    with pytest.raises(RoundRefusedError, match="below the node policy's minimum cohort of 100000"):
+    with pytest.raises(
+        RoundRefusedError, match="^226 usable rows is below the node policy's minimum cohort of"
+    ):
         train_round(node, request(consortium, 1))

@@ -90,6 +90,9 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
         ('allowed_studies = "sepsis-2026"', "allowed_studies"),
         ("allowed_studies = [1, 2]", "allowed_studies"),
         ('allowed_studies = [""]', "allowed_studies"),
+        ("consent_waiver = true", "consent_waiver"),
+        ('consent_waiver = ["board"]', "consent_waiver"),
+        (f'consent_waiver = "{"x" * 501}"', "consent_waiver"),
     ],
 )
 def test_bad_values_name_the_file_and_the_key(tmp_path: Path, line: str, key: str) -> None:
@@ -113,3 +116,12 @@ def test_allowed_studies() -> None:
     restricted = NodePolicy(allowed_studies=("sepsis-2026",))
     assert restricted.allows_study("sepsis-2026")
     assert not restricted.allows_study("readmission-2027")
+
+
+def test_consent_is_required_unless_the_policy_cites_a_waiver(tmp_path: Path) -> None:
+    assert NodePolicy().consent_waiver == ""
+    waiver = load_policy(
+        write_policy(tmp_path, 'consent_waiver = """  Ethics board X,\n  decision 41 """\n')
+    ).consent_waiver
+    assert waiver == "Ethics board X, decision 41"
+    assert load_policy(write_policy(tmp_path, 'consent_waiver = "   "\n')).consent_waiver == ""

@@ -1,0 +1,56 @@
+"""The ClientApp's replies name the consent basis and the ε conversion the node acted under."""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from demo.setup import DEMO_CONSENT_WAIVER, node_policy_toml
+from hospitals import wire
+from hospitals.protocol import canonical_json
+from tests.inprocess import InProcessGrid
+
+
+def ask(consortium, message_type: str) -> Message:
+    grid = InProcessGrid(consortium.hospitals[:1])
+    content = RecordDict(
+        {
+            wire.ROUND_CONFIG: ConfigRecord(
+                {"round": 1, "protocol": canonical_json(consortium.protocol.document)}
+            )
+        }
+    )
+    message = Message(
+        content,
+        dst_node_id=grid.node_id(consortium.hospitals[0].hospital),
+        message_type=message_type,
+        group_id="1",
+        ttl=60,
+    )
+    (reply,) = grid.send_and_receive([message])
+    return reply
+
+
+def test_train_and_evaluate_replies_carry_consent_and_conversion(make_consortium):
+    consortium = make_consortium(rounds=1)
+
+    for message_type in (wire.TRAIN, wire.EVALUATE):
+        reply = ask(consortium, message_type)
+
+        assert wire.REFUSAL not in reply.content.config_records
+        identity = reply.content.config_records[wire.IDENTITY]
+        assert identity["consent"] == f"waived: {DEMO_CONSENT_WAIVER}"
+        assert identity["epsilon_conversion"] == "rdp-balle2020"
+        assert identity["accountant"] == "rdp"
+
+
+def test_a_node_without_consent_refuses_and_publishes_no_consent(make_consortium):
+    consortium = make_consortium(rounds=1)
+    consortium.hospitals[0].policy_path.write_text(node_policy_toml(max_lifetime_epsilon=10.0))
+
+    reply = ask(consortium, wire.TRAIN)
+
+    refusal = reply.content.config_records[wire.REFUSAL]
+    assert refusal["code"] == "consent-unavailable"
+    identity = reply.content.config_records[wire.IDENTITY]
+    assert "consent" not in identity
+    assert identity["epsilon_conversion"] == "rdp-balle2020"
