@@ -29,6 +29,8 @@ class HospitalRound:
     steps: int
     delta: float
     accountant: str
+    epsilon_conversion: str  # how the accountant's bound became (ε, δ)
+    consent: str  # the consent snapshot's sha256 the node trained under, or "waived: <decision>"
     rows_rounded: int
     bytes_up: int
     train_seconds: float

@@ -49,7 +49,8 @@ class HospitalNames:
         self._names: dict[int, str] = {}
 
     def learn(self, reply: Message) -> None:
-        if wire.IDENTITY in reply.content.config_records:
+        # An error reply (a node killed mid-round) has no content to read a name from.
+        if not reply.has_error() and wire.IDENTITY in reply.content.config_records:
             name = reply.content.config_records[wire.IDENTITY].get("hospital")
             if isinstance(name, str) and name:
                 self._names[reply.metadata.src_node_id] = name
@@ -215,6 +216,8 @@ def parse_contribution(reply: Message, hospital: str, config: AggregatorConfig) 
             steps=int(number(report, "steps")),
             delta=number(report, "delta"),
             accountant=str(identity.get("accountant", "")),
+            epsilon_conversion=str(identity.get("epsilon_conversion", "")),
+            consent=str(identity.get("consent", "")),
             rows_rounded=int(number(report, "rows_rounded")),
             bytes_up=update.nbytes,
             train_seconds=number(report, "train_seconds"),

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from core.errors import error_body
+from core.errors import NotAllowedError, NotFoundError, error_body
 from core.selectors import dashboard_for_user
+
+
+def not_found_as_404(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Web views answer what a selector or service refused with the matching HTTP error page:
+    not found (or not visible to this user) as 404, not allowed as 403."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except NotFoundError as error:
+            raise Http404(error.message) from error
+        except NotAllowedError as error:
+            raise PermissionDenied(error.message) from error
+
+    return wrapper
 
 
 @login_required

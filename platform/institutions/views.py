@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from core.errors import NotFoundError
+from core.views import not_found_as_404
 from institutions.selectors import institution_get_for_user, institutions_visible_to, stewards_of
 from studies.selectors import studies_visible_to
 
@@ -18,11 +18,9 @@ def institution_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@not_found_as_404
 def institution_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    try:
-        institution = institution_get_for_user(user=request.user, slug=slug)
-    except NotFoundError as error:
-        raise Http404(error.message) from error
+    institution = institution_get_for_user(user=request.user, slug=slug)
     enrollments = institution.enrollments.filter(
         study__in=studies_visible_to(user=request.user)
     ).select_related("study")

@@ -8,5 +8,7 @@ urlpatterns = [
     path("", include("studies.api_urls")),
     path("", include("institutions.api_urls")),
     path("", include("runs.api_urls")),
+    path("", include("consent.api_urls")),
+    path("", include("privacy.api_urls")),
     path("<path:path>", api_not_found, name="api-not-found"),
 ]

@@ -11,7 +11,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("portal.api_urls")),
     path("studies/", include("studies.urls")),
+    path("studies/", include("consent.urls")),
     path("hospitals/", include("institutions.urls")),
     path("runs/", include("runs.urls")),
+    path("privacy/", include("privacy.urls")),
     path("", include("core.urls")),
 ]

@@ -61,6 +61,8 @@ class HospitalRoundOutputSerializer(serializers.ModelSerializer[HospitalRound]):
             "steps",
             "delta",
             "accountant",
+            "epsilon_conversion",
+            "consent",
             "rows_rounded",
             "bytes_up",
             "train_seconds",

@@ -86,6 +86,14 @@ class HospitalRound(models.Model):
     steps = models.PositiveIntegerField()
     delta = models.FloatField()
     accountant = models.CharField(max_length=20)
+    epsilon_conversion = models.CharField(
+        max_length=40, blank=True, help_text="how the accountant's bound became (ε, δ)"
+    )
+    consent = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="sha256 of the consent snapshot the node used, or 'waived: <decision>'",
+    )
     rows_rounded = models.PositiveIntegerField()
     bytes_up = models.BigIntegerField()
     train_seconds = models.FloatField()

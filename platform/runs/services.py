@@ -41,6 +41,7 @@ from federation.deployment import flower_environment
 from federation.runner import StudyRequest, write_run_config
 from hospitals.protocol import canonical_json
 from institutions.models import Institution, Membership
+from privacy.services import preflight_record, preflight_require
 from runs.authentication import RUN_TOKEN_KIND
 from runs.models import HospitalRound, ModelRelease, ReleaseApproval, Round, Run
 from runs.selectors import participating_institutions, run_can_manage
@@ -86,6 +87,8 @@ def run_start(*, study: Study, actor: User) -> Run:
     with transaction.atomic():
         study = Study.objects.select_for_update().get(pk=study.pk)
         _check_startable(study, actor)
+        # Refuses (ConflictError naming each hospital) what a node would already refuse.
+        preflight = preflight_require(study=study)
         protocol = full_protocol(study=study)
         run = Run.objects.create(
             study=study,
@@ -93,6 +96,7 @@ def run_start(*, study: Study, actor: User) -> Run:
             protocol_sha256=study.protocol_sha256,
             rounds_planned=int(protocol["federation"]["rounds"]),
         )
+        preflight_record(run=run, preflight=preflight)
         study_transition(
             study=study,
             to=Study.State.RUNNING,
@@ -112,6 +116,7 @@ def run_start(*, study: Study, actor: User) -> Run:
                 "hospitals": sorted(
                     approved_institutions(study=study).values_list("slug", flat=True)
                 ),
+                "preflight": preflight.projection(),
             },
         )
         run_id = run.pk
@@ -288,7 +293,8 @@ def run_drive(
     """Submit the run to Flower once, then follow it until Flower says it finished.
 
     Safe to call again for the same run at any point (a redelivered task): a run that already has a
-    Flower run id is followed, never resubmitted; a finished run is left alone.
+    Flower run id is followed, never resubmitted; a finished run is left alone once Flower's final
+    status is recorded.
     """
     control = control or flower_control()
     flower_run_id = _submit_once(run_id, control)
@@ -298,13 +304,13 @@ def run_drive(
 
 
 def _submit_once(run_id: int, control: Control) -> int | None:
-    """The run's Flower run id, submitting the run first if it has none; None once it finished."""
+    """The run's Flower run id, submitting the run first if it has none; None once it is settled."""
     # The fresh token commits before the submission, so that the ServerApp's first report (which
     # may arrive before the submission's transaction commits) finds it.
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run_id)
         if run.finished:
-            return None
+            return _awaiting_flower_status(run)
         if run.flower_run_id is not None:
             return int(run.flower_run_id)
         token = _rotate_token(run)
@@ -312,7 +318,7 @@ def _submit_once(run_id: int, control: Control) -> int | None:
         # The lock is held through the submission: a concurrent delivery waits, then follows.
         run = Run.objects.select_for_update().select_related("study").get(pk=run_id)
         if run.finished:
-            return None
+            return _awaiting_flower_status(run)
         if run.flower_run_id is not None:
             return int(run.flower_run_id)
         if run.token_digest != token.digest:
@@ -330,6 +336,16 @@ def _submit_once(run_id: int, control: Control) -> int | None:
             },
         )
         return flower_run_id
+
+
+def _awaiting_flower_status(run: Run) -> int | None:
+    """A finished run whose Flower status nobody read yet: the aggregator reported its end while no
+    task followed it (the worker died; its task was redelivered later). Flower's word is still
+    read once, since it is authoritative."""
+    unread = "flower_status" not in run.aggregator_facts
+    if run.flower_run_id is None or run.state == Run.State.CANCELLED or not unread:
+        return None
+    return int(run.flower_run_id)
 
 
 def _rotate_token(run: Run) -> IssuedToken:
@@ -489,6 +505,8 @@ class HospitalRoundSerializer(StrictSerializer):
     steps = serializers.IntegerField(min_value=0)
     delta = serializers.FloatField(min_value=0, max_value=1)
     accountant = serializers.CharField(max_length=20, allow_blank=True)
+    epsilon_conversion = serializers.CharField(max_length=40, allow_blank=True)
+    consent = serializers.CharField(max_length=300, allow_blank=True)
     rows_rounded = serializers.IntegerField(min_value=0)
     bytes_up = serializers.IntegerField(min_value=0)
     train_seconds = serializers.FloatField(min_value=0)

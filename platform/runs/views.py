@@ -5,18 +5,17 @@ Reads and writes live in runs.selectors and runs.services; a run you may not see
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
-from core.errors import CohortError, NotFoundError
+from core.errors import CohortError
+from core.views import not_found_as_404
 from institutions.models import Institution
 from runs import charts
 from runs.models import Run
@@ -31,17 +30,6 @@ from runs.services import release_approve, run_cancel, run_start
 from studies.selectors import study_get_for_user
 
 LIVE_POLL_MS = 2000
-
-
-def not_found_as_404(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            return view(request, *args, **kwargs)
-        except NotFoundError as error:
-            raise Http404(error.message) from error
-
-    return wrapper
 
 
 def _live_context(request: HttpRequest, run: Run) -> dict[str, Any]:

@@ -4,9 +4,6 @@ selectors and services, and objects you may not see are a 404."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from functools import wraps
-from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -15,9 +12,11 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
-from core.errors import CohortError, NotFoundError
+from core.errors import CohortError
+from core.views import not_found_as_404
 from institutions.models import Institution
 from institutions.selectors import is_researcher
+from privacy.selectors import study_preflight_for_user
 from studies.forms import DecisionForm, InviteForm, StudyCreateForm
 from studies.selectors import (
     approval_count,
@@ -29,17 +28,6 @@ from studies.selectors import (
     study_get_for_user,
 )
 from studies.services import enrollment_decide, study_create, study_invite
-
-
-def not_found_as_404(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            return view(request, *args, **kwargs)
-        except NotFoundError as error:
-            raise Http404(error.message) from error
-
-    return wrapper
 
 
 def _url(name: str, pk: int) -> str | None:
@@ -101,6 +89,7 @@ def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
         "can_invite": is_owner and study.state in ("draft", "recruiting", "ready"),
         "runs": [(run, _url("runs:detail", run.pk)) for run in study.runs.all()],
         "start_run_url": _url("runs:start", study.pk) if study.state == "ready" else None,
+        "preflight": study_preflight_for_user(study=study, user=request.user),
     }
     return render(request, "studies/study_detail.html", context)
 

@@ -55,7 +55,20 @@ def sink(url: str) -> HttpResultsSink:
 
 
 def a_round() -> RoundResult:
-    report = HospitalRound("hospital-a", 1.5, 1.1, 0.05, 20, 1e-5, "rdp", 150, 2048, 1.0)
+    report = HospitalRound(
+        "hospital-a",
+        1.5,
+        1.1,
+        0.05,
+        20,
+        1e-5,
+        "rdp",
+        "rdp-balle2020",
+        "waived: test",
+        150,
+        2048,
+        1.0,
+    )
     return RoundResult(
         1, ["hospital-a"], {"hospital-b": "refused"}, {"loss": 0.4}, [report], 9, 2.0
     )

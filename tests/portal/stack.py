@@ -7,7 +7,9 @@ process runs in its own process group and is stopped by PID when the stack close
 
 `seed_hospitals` gives each of the consortium's hospitals (hospital-a, -b, -c: the names in the
 SuperNodes' node config) its institution, a data steward and a node token; `draft_protocol` is the
-consortium's protocol as a researcher submits it (no encryption block: a hospital adds the key).
+consortium's protocol as a researcher submits it (no encryption block: a hospital adds the key);
+`approved_study` takes it through creation, approvals and the key pin; `nodes_report` sends each
+node's ledger and readiness, as `cohort-hospital heartbeat` does, so the privacy preflight passes.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from demo.setup import Consortium
+from demo.setup import STUDY_ID, Consortium
 from federation.deployment import LocalFederation, ManagedProcess
+from hospitals.portal_client import PortalClient
 from hospitals.protocol import ENCRYPTION, canonical_json
+from hospitals.reporting import report_to_portal
 from institutions.models import Institution
 from institutions.services import (
     institution_create,
@@ -41,6 +45,9 @@ from institutions.services import (
 from portal.celery import app as celery_app
 from portal.embedded import EmbeddedRedis
 from runs.models import Run
+from studies.models import Study
+from studies.services import enrollment_decide, study_create, study_invite, study_set_he_context
+from tests.portal.factories import ResearcherFactory
 
 REPO = Path(__file__).resolve().parents[2]
 CELERY = Path(sys.executable).parent / "celery"
@@ -231,6 +238,40 @@ def seed_hospitals(
         node_heartbeat(institution=institution, status={"supernode": "online"})
         hospitals[spec.hospital] = Hospital(institution, steward, token)
     return hospitals
+
+
+def approved_study(consortium: Consortium, hospitals: dict[str, Hospital]) -> Study:
+    """The consortium's study through the portal's own services: a researcher creates it and
+    invites every hospital, each steward approves, hospital A's node pins the HE context."""
+    owner = ResearcherFactory()
+    study = study_create(
+        owner=owner, title="Breast cancer demo", slug=STUDY_ID, protocol=draft_protocol(consortium)
+    )
+    institutions = [hospital.institution for hospital in hospitals.values()]
+    for enrollment in study_invite(study=study, institutions=institutions, actor=owner):
+        enrollment_decide(
+            enrollment=enrollment,
+            steward=hospitals[enrollment.institution.slug].steward,
+            approve=True,
+            protocol_sha256=study.protocol_sha256,
+            comment="",
+        )
+    study_set_he_context(
+        study=study,
+        aggregator_context=consortium.key.aggregator_context().to_bytes(),
+        institution=institutions[0],
+    )
+    study.refresh_from_db()
+    return study
+
+
+def nodes_report(consortium: Consortium, hospitals: dict[str, Hospital], portal_url: str) -> None:
+    """Each node reports to the live portal as `cohort-hospital heartbeat` does: online, its
+    privacy ledger, and its readiness (usable rows, blockers) for each study it approved."""
+    for name, node in consortium.nodes.items():
+        client = PortalClient(base_url=portal_url, token=hospitals[name].node_token)
+        report = report_to_portal(node, client)
+        assert report.ok, report
 
 
 def draft_protocol(consortium: Consortium) -> dict[str, Any]:

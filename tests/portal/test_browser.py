@@ -41,6 +41,7 @@ from tests.portal.stack import (
     draft_protocol,
     leftovers,
     log_of,
+    nodes_report,
     pids_matching,
     portal_stack,
     seed_hospitals,
@@ -262,8 +263,13 @@ def drive_a_study(
     assert study.state == Study.State.READY
     assert study.he_context_fingerprint == consortium.key.fingerprint
 
+    # Every node reports its ledger and readiness; the study page shows the privacy preflight.
+    nodes_report(consortium, hospitals, base)
+
     # The researcher starts the run from the study page and lands on the live run page.
     page.reload()
+    page.get_by_text("Privacy preflight").first.wait_for()
+    shot(page, "study-preflight.png")
     started = time.monotonic()
     page.get_by_role("button", name="Start run").click()
     page.wait_for_url(f"{base}/runs/*/")

@@ -26,6 +26,8 @@ INSTALLED_APPS = [
     "institutions",
     "studies",
     "runs",
+    "consent",
+    "privacy",
 ]
 
 MIDDLEWARE = [
@@ -111,6 +113,7 @@ SPECTACULAR_SETTINGS = {
         "StudyStateEnum": "studies.models.Study.State",
         "EnrollmentStateEnum": "studies.models.Enrollment.State",
         "RunStateEnum": "runs.models.Run.State",
+        "ConsentStatusEnum": "consent.models.ConsentRecord.Status",
     },
 }
 

@@ -22,6 +22,7 @@ from tests.portal.factories import (
     StewardFactory,
     StudyFactory,
     draft_protocol,
+    privacy_ready,
 )
 
 HOSPITALS = ("hospital-a", "hospital-b")
@@ -33,8 +34,11 @@ def study_key() -> SecretContext:
     return SecretContext.generate(params=CkksParams())
 
 
-def ready_study(*, rounds: int = 2, he_context: bool = True, **fields: Any) -> Study:
-    """A ready study whose two hospitals (hospital-a, hospital-b) approved its current protocol."""
+def ready_study(
+    *, rounds: int = 2, he_context: bool = True, privacy: bool = True, **fields: Any
+) -> Study:
+    """A ready study whose two hospitals (hospital-a, hospital-b) approved its current protocol and,
+    unless `privacy` is false, passed the privacy preflight (readiness reports, ledger mirrors)."""
     slug = fields.pop("slug", None) or f"run-study-{next(_SLUGS)}"
     protocol = json.loads(
         canonical_json(
@@ -56,6 +60,8 @@ def ready_study(*, rounds: int = 2, he_context: bool = True, **fields: Any) -> S
     for name in HOSPITALS:
         institution = InstitutionFactory(slug=name, name=name.replace("-", " ").title())
         EnrollmentFactory(study=study, institution=institution, state=Enrollment.State.APPROVED)
+    if privacy:
+        privacy_ready(study)
     return study
 
 
@@ -91,6 +97,8 @@ def hospital_report(name: str, *, epsilon: float = 1.25, **fields: Any) -> dict[
         "steps": 20,
         "delta": 1e-5,
         "accountant": "rdp",
+        "epsilon_conversion": "rdp-balle2020",
+        "consent": "0" * 64,
         "rows_rounded": 150,
         "bytes_up": 2_100_000,
         "train_seconds": 1.5,

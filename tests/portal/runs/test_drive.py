@@ -111,6 +111,24 @@ def test_flower_completed_with_rounds_missing_fails_the_run(study):
     assert "only 1 of 2 round reports reached the portal" in run.reason
 
 
+def test_a_run_that_finished_while_no_task_followed_it_still_gets_flowers_status(study):
+    run, _ = make_run(study, flower_run_id=BIG)
+    for number in (1, 2):
+        run_record_event(run=run, event=round_event(number))
+    run_record_event(
+        run=run,
+        event={"event": "run-finished", "at": "2026-11-23T10:00:00Z", "status": "completed"},
+    )
+    control = FakeControl("finished:completed")
+    run = run_drive(run_id=run.pk, control=control, sleep=lambda s: 0)
+    assert control.submitted == [] and control.polled == 1
+    assert run.state == Run.State.COMPLETED
+    assert run.aggregator_facts["flower_status"]["status"] == "finished:completed"
+    # Settled: a further delivery reads nothing.
+    run_drive(run_id=run.pk, control=control, sleep=lambda s: 0)
+    assert control.polled == 1
+
+
 def test_a_finished_or_cancelled_run_is_left_alone(study):
     run, _ = make_run(study, state=Run.State.CANCELLED, flower_run_id=BIG)
     control = FakeControl("running")

@@ -10,16 +10,15 @@ import pytest
 from django.contrib.auth.models import User
 
 from core.models import AuditEvent
-from demo.setup import STUDY_ID, Consortium
+from demo.setup import Consortium
 from runs.models import HospitalRound, Round, Run
 from runs.services import run_start
 from studies.models import Study
-from studies.services import enrollment_decide, study_create, study_invite, study_set_he_context
-from tests.portal.factories import ResearcherFactory
 from tests.portal.stack import (
     RUN_TIMEOUT_S,
-    draft_protocol,
+    approved_study,
     log_of,
+    nodes_report,
     portal_stack,
     seed_hospitals,
     settled,
@@ -29,32 +28,12 @@ from tests.servers import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def ready_study(consortium: Consortium) -> Study:
-    """The demo study set up through the portal's own services, up to `ready` with its HE key."""
-    owner = ResearcherFactory()
-    admin = User.objects.create_superuser("admin")
-    study = study_create(
-        owner=owner,
-        title="Breast cancer demo",
-        slug=STUDY_ID,
-        protocol=draft_protocol(consortium),
-    )
-    hospitals = seed_hospitals(consortium, admin=admin)
-    institutions = [hospital.institution for hospital in hospitals.values()]
-    enrollments = study_invite(study=study, institutions=institutions, actor=owner)
-    for enrollment in enrollments:
-        enrollment_decide(
-            enrollment=enrollment,
-            steward=hospitals[enrollment.institution.slug].steward,
-            approve=True,
-            protocol_sha256=study.protocol_sha256,
-            comment="",
-        )
-    study_set_he_context(
-        study=study,
-        aggregator_context=consortium.key.aggregator_context().to_bytes(),
-        institution=institutions[0],
-    )
+def ready_study(consortium: Consortium, portal_url: str) -> Study:
+    """The demo study up to `ready` with its HE key, and every node's report in (ledger,
+    readiness) so the privacy preflight can pass."""
+    hospitals = seed_hospitals(consortium, admin=User.objects.create_superuser("admin"))
+    study = approved_study(consortium, hospitals)
+    nodes_report(consortium, hospitals, portal_url)
     study.refresh_from_db()
     assert study.state == Study.State.READY
     return study
@@ -65,7 +44,7 @@ def test_a_worker_drives_a_two_round_run_reported_live(
     make_consortium, tmp_path, live_server, no_proxy
 ):
     consortium = make_consortium(rounds=2, round_timeout_s=45)
-    study = ready_study(consortium)
+    study = ready_study(consortium, live_server.url)
     with portal_stack(consortium, tmp_path, live_server.url) as stack:
         worker = stack.worker("worker")
         try:
@@ -103,7 +82,7 @@ def test_a_killed_worker_is_replaced_and_the_run_completes_once(
     make_consortium, tmp_path, live_server, no_proxy
 ):
     consortium = make_consortium(rounds=2, round_timeout_s=45)
-    study = ready_study(consortium)
+    study = ready_study(consortium, live_server.url)
     visibility = {"COHORT_CELERY_VISIBILITY_TIMEOUT_S": "8"}
     with portal_stack(consortium, tmp_path, live_server.url) as stack:
         first = stack.worker("worker-1", **visibility)

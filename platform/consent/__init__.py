@@ -1,0 +1,1 @@
+"""The pseudonymous consent registry: consent forms, hospitals' consent records, snapshots."""
