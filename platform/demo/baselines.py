@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from hospitals.consent import GRANTED, read_consent_export
 from hospitals.data import LocalDataset, load_dataset, split_holdout
+from hospitals.demo_data import CONSENT_FORM_VERSION
 from hospitals.dp import (
     plan_noise_multiplier,
     sample_rate_for,
@@ -26,9 +28,17 @@ from hospitals.models import build_model, set_flat_parameters
 from hospitals.protocol import StudyProtocol
 
 
-def training_rows(protocol: StudyProtocol, data_path: Path) -> LocalDataset:
-    """The same rows a hospital node trains on: its file minus its deterministic held-out split."""
-    dataset = load_dataset(data_path, protocol.schema)
+def training_rows(
+    protocol: StudyProtocol, data_path: Path, *, consent_export: Path | None
+) -> LocalDataset:
+    """The same rows a hospital node trains on: its consented patients (all of them when the
+    node runs under a consent waiver) minus its deterministic held-out split."""
+    include = None
+    if consent_export is not None:
+        decisions = read_consent_export(consent_export, versions={CONSENT_FORM_VERSION})
+        granted = {decision.patient_id for decision in decisions if decision.status == GRANTED}
+        include = granted.__contains__
+    dataset = load_dataset(data_path, protocol.schema, include=include)
     train, _ = split_holdout(dataset, fraction=protocol.holdout_fraction, salt=protocol.study_id)
     return train
 

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +23,9 @@ from demo.summary import build_report, released_model_path_of
 from federation.control import RunStatus
 from federation.deployment import LocalFederation
 from federation.runner import RunOutcome
+
+if TYPE_CHECKING:  # Django models load only once the portal has configured Django.
+    from privacy.selectors import Preflight
 
 RUN_TIMEOUT_S = 3600.0
 
@@ -42,7 +45,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[DemoSettings, argparse.Names
     if args.rounds < 1 or args.epsilon <= 0:
         parser.error("--rounds must be at least 1 and --epsilon positive")
     settings = DemoSettings(
-        out_dir=Path(args.out), rounds=args.rounds, target_epsilon=args.epsilon, seed=args.seed
+        out_dir=Path(args.out),
+        rounds=args.rounds,
+        target_epsilon=args.epsilon,
+        seed=args.seed,
+        portal_url=f"http://{args.host}:{args.port}",
     )
     return settings, args
 
@@ -97,13 +104,14 @@ def run_demo(
         console.print(f"Started {federation.describe()}; portal at {portal.url}")
         accounts = portal_study.seed_accounts(consortium)
         console.print(credentials_table(accounts.passwords))
-        study = portal_study.open_study(accounts, consortium, portal_url=portal.url)
+        study = portal_study.open_study(accounts, consortium)
         console.print(
             f"Study '{study.slug}' approved by 3 stewards "
             f"(protocol {study.protocol_sha256[:12]}…): "
             f"{settings.rounds} rounds, DP-SGD at ε={settings.target_epsilon:g} "
             f"(δ={settings.delta:g}) per hospital, CKKS-encrypted updates"
         )
+        console.print(preflight_table(portal_study.preflight_of(study)))
         run = portal_study.start(study, accounts)
         console.print(f"Run {run.pk} queued; follow it at {portal.url}/runs/{run.pk}/")
         with RunProgress(console, study_id=study.slug, rounds=settings.rounds) as progress:
@@ -118,14 +126,18 @@ def run_demo(
             events=events,
         )
         report = finish(
-            console, settings, consortium, outcome, wall_seconds=time.monotonic() - started
+            console,
+            settings,
+            consortium,
+            outcome,
+            wall_seconds=time.monotonic() - started,
+            projected_epsilon=portal_study.projected_epsilon(run),
         )
         if succeeded:
             portal_study.release(
                 run,
                 accounts,
                 consortium,
-                portal_url=portal.url,
                 parameters=released_model_path_of(consortium, outcome).read_bytes(),
                 privacy_report=report["privacy"],
             )
@@ -138,6 +150,25 @@ def run_demo(
             while True:
                 time.sleep(3600)
         return 0 if succeeded else 1
+
+
+def preflight_table(preflight: Preflight) -> Table:
+    """What each hospital's node reported and what the run will cost it, before the start."""
+    table = Table(title=f"Privacy preflight: {'passed' if preflight.passed else 'BLOCKED'}")
+    for column in ("hospital", "consent snapshot", "training rows", "σ", "run ε", "lifetime ε"):
+        table.add_column(
+            column, justify="left" if column in ("hospital", "consent snapshot") else "right"
+        )
+    for row in preflight.rows:
+        table.add_row(
+            row.institution.slug,
+            f"{row.consent[:12]}…" if row.consent else "–",
+            str(row.rows_train if row.rows_train is not None else "–"),
+            _fmt(row.planned.noise_multiplier if row.planned else None),
+            _fmt(row.run_epsilon),
+            f"{_fmt(row.lifetime_projected)} of {_fmt(row.cap)}",
+        )
+    return table
 
 
 def credentials_table(passwords: dict[str, str]) -> Table:
@@ -156,12 +187,15 @@ def finish(
     outcome: RunOutcome,
     *,
     wall_seconds: float,
+    projected_epsilon: dict[str, float | None],
 ) -> dict[str, Any]:
     """Print the outcome and write report.json and report.html; return the report."""
     if not outcome.status.succeeded:
         console.print(f"[red]The study failed: {outcome.failure_reason}")
     console.print("Training the comparison models (local-only DP, centralized non-private)…")
-    report = build_report(consortium, outcome, wall_seconds=wall_seconds)
+    report = build_report(
+        consortium, outcome, wall_seconds=wall_seconds, projected_epsilon=projected_epsilon
+    )
     json_path, html_path = write_report(report, out_dir=settings.out_dir)
     if outcome.status.succeeded:
         console.print(results_table(report))

@@ -14,16 +14,28 @@ from typing import Any
 
 from django.contrib.auth.models import Group, User
 
+from consent.services import consent_form_publish
 from demo.setup import STUDY_ID, Consortium
+from hospitals.consent import import_consent_export
 from hospitals.portal_client import PortalClient
+from hospitals.reporting import report_to_portal
 from institutions.models import Institution
 from institutions.services import institution_create, node_token_issue, steward_add
+from privacy.models import RunPreflight
+from privacy.selectors import Preflight, study_preflight
 from runs.models import Run
 from runs.services import release_approve, run_start
 from studies.models import Enrollment, Study
 from studies.services import enrollment_decide, study_create, study_invite
 
 RESEARCHERS = "researchers"
+CONSENT_FORM_TITLE = "Use of my records for federated breast cancer research"
+CONSENT_FORM_TEXT = (
+    "My hospital may use my pseudonymised records to train a shared breast cancer risk model "
+    "with other hospitals. My records never leave my hospital; only encrypted, differentially "
+    "private model updates do. I can withdraw at any time; my records are then no longer used "
+    "from the next training round on."
+)
 POLL_S = 1.0
 
 
@@ -34,7 +46,6 @@ class Accounts:
     admin: User
     researcher: User
     stewards: dict[str, User]
-    node_tokens: dict[str, str]
     passwords: dict[str, str] = field(default_factory=dict)
 
 
@@ -45,7 +56,7 @@ def _user(accounts: Accounts, username: str, **extra: Any) -> User:
 
 
 def seed_accounts(consortium: Consortium) -> Accounts:
-    accounts = Accounts(admin=None, researcher=None, stewards={}, node_tokens={})  # type: ignore[arg-type]
+    accounts = Accounts(admin=None, researcher=None, stewards={})  # type: ignore[arg-type]
     accounts.admin = _user(accounts, "admin", is_staff=True, is_superuser=True)
     accounts.researcher = _user(accounts, "researcher")
     accounts.researcher.groups.add(Group.objects.get_or_create(name=RESEARCHERS)[0])
@@ -58,15 +69,23 @@ def seed_accounts(consortium: Consortium) -> Accounts:
         steward_add(user=steward, institution=institution, actor=accounts.admin)
         accounts.stewards[spec.hospital] = steward
         _, raw = node_token_issue(institution=institution, label="demo node", actor=accounts.admin)
-        accounts.node_tokens[spec.hospital] = raw
+        # Hospital IT keeps the token in the node's state directory, readable only by the node.
+        spec.state_dir.mkdir(parents=True, exist_ok=True)
+        token_path = consortium.nodes[spec.hospital].portal_token_path
+        token_path.touch(mode=0o600)
+        token_path.write_text(raw, encoding="utf-8")
     return accounts
 
 
-def open_study(accounts: Accounts, consortium: Consortium, *, portal_url: str) -> Study:
-    """Create, invite, approve; the key-holding hospital's node pins the study's HE context."""
+def open_study(accounts: Accounts, consortium: Consortium) -> Study:
+    """Create with a consent form, invite, approve; the key-holding hospital's node pins the
+    study's HE context; every node imports its consent export and reports to the portal."""
     draft = {k: v for k, v in consortium.protocol.document.items() if k != "encryption"}
     study = study_create(
         owner=accounts.researcher, title="Breast cancer risk (demo)", slug=STUDY_ID, protocol=draft
+    )
+    consent_form_publish(
+        study=study, title=CONSENT_FORM_TITLE, text=CONSENT_FORM_TEXT, actor=accounts.researcher
     )
     study_invite(study=study, institutions=Institution.objects.all(), actor=accounts.researcher)
     for enrollment in Enrollment.objects.filter(study=study).select_related("institution"):
@@ -77,20 +96,34 @@ def open_study(accounts: Accounts, consortium: Consortium, *, portal_url: str) -
             protocol_sha256=study.protocol_sha256,
             comment="Approved by the ethics board for the demo.",
         )
-    key_holder = consortium.hospitals[0].hospital
-    node = PortalClient(base_url=portal_url, token=accounts.node_tokens[key_holder])
-    node.upload_he_context(
+    nodes = consortium.nodes
+    key_holder = PortalClient.for_node(nodes[consortium.hospitals[0].hospital])
+    key_holder.upload_he_context(
         study_slug=study.slug, aggregator_context=consortium.key.aggregator_context().to_bytes()
     )
-    for spec in consortium.hospitals:
-        PortalClient(base_url=portal_url, token=accounts.node_tokens[spec.hospital]).heartbeat(
-            {"supernode": "online"}
+    for hospital, node in nodes.items():
+        client = PortalClient.for_node(node)
+        import_consent_export(
+            node, study=study.slug, path=consortium.consent_exports[hospital], portal=client
         )
+        report = report_to_portal(node, client)
+        if not report.ok:
+            raise RuntimeError(f"{hospital}'s node could not report to the portal: {report}")
     return Study.objects.get(pk=study.pk)
+
+
+def preflight_of(study: Study) -> Preflight:
+    return study_preflight(study=study)
 
 
 def start(study: Study, accounts: Accounts) -> Run:
     return run_start(study=study, actor=accounts.researcher)
+
+
+def projected_epsilon(run: Run) -> dict[str, float | None]:
+    """The run ε per hospital that the preflight projected when the run started."""
+    projection = RunPreflight.objects.get(run=run).projection
+    return {row["institution"]: row["run_epsilon"] for row in projection["hospitals"]}
 
 
 def round_event(round_: Any) -> dict[str, Any]:
@@ -110,6 +143,8 @@ def round_event(round_: Any) -> dict[str, Any]:
                 "steps": h.steps,
                 "delta": h.delta,
                 "accountant": h.accountant,
+                "epsilon_conversion": h.epsilon_conversion,
+                "consent": h.consent,
                 "rows_rounded": h.rows_rounded,
                 "bytes_up": h.bytes_up,
                 "train_seconds": h.train_seconds,
@@ -162,14 +197,13 @@ def release(
     accounts: Accounts,
     consortium: Consortium,
     *,
-    portal_url: str,
     parameters: bytes,
     privacy_report: dict[str, Any],
 ) -> None:
     """Stewards approve the release; the key-holding hospital's node uploads the final model."""
     for steward in accounts.stewards.values():
         release_approve(run=run, actor=steward)
-    node = consortium.hospitals[0].hospital
-    PortalClient(base_url=portal_url, token=accounts.node_tokens[node]).upload_release(
+    key_holder = consortium.nodes[consortium.hospitals[0].hospital]
+    PortalClient.for_node(key_holder).upload_release(
         run_id=run.pk, parameters=parameters, privacy_report=privacy_report
     )

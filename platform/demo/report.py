@@ -215,10 +215,13 @@ def _privacy_section(
         eps_cell = _e(_fixed(epsilon, 2))
         if epsilon is not None and target is not None:
             eps_cell = f'<span class="{"ok" if within else "bad"}">{eps_cell}</span>'
+        consent = str(p.get("consent") or MISSING)
         cells = [
             _e(name),
-            _e(p.get("accountant", MISSING)),
+            _e(consent if consent.startswith("waived") else f"{consent[:12]}…"),
+            _e(f"{p.get('accountant', MISSING)} ({p.get('conversion', MISSING)})"),
             _e(_scientific(as_float(p.get("delta")))),
+            _e(_fixed(as_float(p.get("projected_epsilon")), 2)),
             eps_cell,
             _e(_fixed(target, 2)),
             _e(_fixed(as_float(p.get("noise_multiplier")), 3)),
@@ -229,18 +232,23 @@ def _privacy_section(
     if rows:
         headers = [
             "Hospital",
-            "Accountant",
+            "Consent snapshot",
+            "Accountant (conversion)",
             "δ",
+            "ε projected",
             "ε spent",
             "Target ε",
             "σ (noise)",
             "q (sample rate)",
             "Steps",
         ]
-        parts.append(_table(headers, rows, numeric_from=2))
+        parts.append(_table(headers, rows, numeric_from=3))
         parts.append(
             '<p class="note">From each hospital\'s own privacy ledger: ε is recomputed by the '
-            "accountant from the noise multiplier σ, sample rate q and steps it recorded.</p>"
+            "accountant from the noise multiplier σ, sample rate q and steps it recorded. "
+            "“ε projected” is what the portal's preflight computed before the start from the "
+            "protocol and the node's consented rows. The consent snapshot is the hash of the "
+            "consent list the node trained its last round under.</p>"
         )
     else:
         parts.append('<p class="note">No hospital recorded privacy spending.</p>')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,12 @@ from typing import Any
 
 from crypto import CkksParams, SecretContext
 from federation.deployment import HospitalNodeSpec
-from hospitals.demo_data import BREAST_CANCER_SCHEMA, DemoFiles, write_breast_cancer_demo
+from hospitals.demo_data import (
+    BREAST_CANCER_SCHEMA,
+    DemoFiles,
+    write_breast_cancer_demo,
+    write_consent_export,
+)
 from hospitals.keys import save_study_key
 from hospitals.node import NodeSettings
 from hospitals.protocol import StudyProtocol, canonical_json
@@ -26,6 +32,9 @@ class DemoSettings:
     seed: int = 7
     min_hospitals: int = 2
     round_timeout_s: int = 300
+    # With a portal, nodes pull the study's consent from it every round; without one (engine
+    # tests), their policy cites DEMO_CONSENT_WAIVER instead.
+    portal_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,8 @@ class Consortium:
     """Everything prepared for a run: files, protocol, keys and the nodes that will take part."""
 
     files: DemoFiles
+    # Hospital → its EHR's consent export (CSV); empty when the nodes run under the waiver.
+    consent_exports: dict[str, Path]
     protocol: StudyProtocol
     key: SecretContext
     hospitals: list[HospitalNodeSpec]
@@ -47,6 +58,7 @@ class Consortium:
                 state_dir=spec.state_dir,
                 policy_path=spec.policy_path,
                 dataset_id=spec.dataset_id,
+                portal_url=spec.portal_url,
             )
             for spec in self.hospitals
         }
@@ -83,7 +95,12 @@ def demo_protocol(settings: DemoSettings, *, key: SecretContext) -> dict[str, An
     }
 
 
-def node_policy_toml(*, max_lifetime_epsilon: float) -> str:
+# The demo's hospital files are synthetic, split from a public dataset: no patient to ask.
+DEMO_CONSENT_WAIVER = "synthetic and public demo data: no per-patient consent applies"
+
+
+def node_policy_toml(*, max_lifetime_epsilon: float, consent_waiver: str = "") -> str:
+    """A demo node policy; an empty `consent_waiver` makes the node use the portal's consent."""
     return (
         f"max_lifetime_epsilon = {max_lifetime_epsilon}\n"
         "delta = 1e-5\n"
@@ -91,6 +108,7 @@ def node_policy_toml(*, max_lifetime_epsilon: float) -> str:
         "min_cohort_size = 50\n"
         "require_he = true\n"
         f'allowed_studies = ["{STUDY_ID}"]\n'
+        f"consent_waiver = {json.dumps(consent_waiver)}\n"
     )
 
 
@@ -104,12 +122,22 @@ def prepare_consortium(settings: DemoSettings) -> Consortium:
     key = SecretContext.generate(params=CkksParams())
     protocol = StudyProtocol.from_dict(demo_protocol(settings, key=key))
     hospitals = []
+    consent_exports: dict[str, Path] = {}
     for data_path in files.hospitals:
         name = data_path.stem
         state_dir = nodes_dir / name
         save_study_key(state_dir / "keys", study_id=STUDY_ID, context=key)
         policy_path = state_dir / "policy.toml"
-        policy_path.write_text(node_policy_toml(max_lifetime_epsilon=10.0), encoding="utf-8")
+        waiver = "" if settings.portal_url else DEMO_CONSENT_WAIVER
+        policy_path.write_text(
+            node_policy_toml(max_lifetime_epsilon=10.0, consent_waiver=waiver), encoding="utf-8"
+        )
+        if settings.portal_url:
+            consent_exports[name] = write_consent_export(
+                data_path=data_path,
+                out_path=settings.out_dir / "consent" / f"{name}.csv",
+                seed=settings.seed,
+            )
         hospitals.append(
             HospitalNodeSpec(
                 hospital=name,
@@ -117,7 +145,14 @@ def prepare_consortium(settings: DemoSettings) -> Consortium:
                 state_dir=state_dir,
                 policy_path=policy_path,
                 dataset_id=f"{name}/breast-cancer",
+                portal_url=settings.portal_url,
             )
         )
     (settings.out_dir / "protocol.json").write_text(canonical_json(protocol.document) + "\n")
-    return Consortium(files=files, protocol=protocol, key=key, hospitals=hospitals)
+    return Consortium(
+        files=files,
+        consent_exports=consent_exports,
+        protocol=protocol,
+        key=key,
+        hospitals=hospitals,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,21 @@ from demo import baselines
 from demo.setup import Consortium
 from federation.runner import RunOutcome
 from hospitals.data import load_dataset
+from hospitals.dp import EPSILON_CONVERSIONS
 from hospitals.ledger import PrivacyLedger
 from hospitals.models import parameter_count
 from hospitals.participation import released_model_path
 
 
 def build_report(
-    consortium: Consortium, outcome: RunOutcome, *, wall_seconds: float
+    consortium: Consortium,
+    outcome: RunOutcome,
+    *,
+    wall_seconds: float,
+    projected_epsilon: Mapping[str, float | None],
 ) -> dict[str, Any]:
+    """The run's report; `projected_epsilon` is what the portal's preflight projected per
+    hospital before the start, shown beside what each node's ledger says it spent."""
     protocol = consortium.protocol
     started = next((e for e in outcome.events if e["event"] == "run-started"), {})
     report: dict[str, Any] = {
@@ -39,7 +47,7 @@ def build_report(
             "wall_seconds": round(wall_seconds, 1),
         },
         "rounds": [round_summary(event) for event in outcome.rounds],
-        "privacy": privacy_summary(consortium, outcome),
+        "privacy": privacy_summary(consortium, outcome, projected_epsilon=projected_epsilon),
         "aggregator": aggregator_summary(consortium, started.get("aggregator", {})),
         "encryption": encryption_summary(consortium, outcome),
     }
@@ -62,9 +70,12 @@ def round_summary(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def privacy_summary(consortium: Consortium, outcome: RunOutcome) -> dict[str, Any]:
+def privacy_summary(
+    consortium: Consortium, outcome: RunOutcome, *, projected_epsilon: Mapping[str, float | None]
+) -> dict[str, Any]:
     """Read back from each node's ledger, the authority: ε recomputed from what it recorded."""
     privacy = consortium.protocol.privacy
+    consent = last_consent(outcome.events)
     summary: dict[str, Any] = {}
     for node in list(consortium.nodes.values()):
         ledger = PrivacyLedger(node.ledger_path)
@@ -74,6 +85,7 @@ def privacy_summary(consortium: Consortium, outcome: RunOutcome) -> dict[str, An
         last = entries[-1].step
         summary[node.hospital] = {
             "accountant": str(last.accountant),
+            "conversion": EPSILON_CONVERSIONS[last.accountant],
             "delta": last.delta,
             "epsilon": ledger.epsilon(
                 dataset_id=node.dataset_id,
@@ -81,13 +93,24 @@ def privacy_summary(consortium: Consortium, outcome: RunOutcome) -> dict[str, An
                 accountant=privacy.accountant,
                 run_id=str(outcome.run_id),
             ),
+            "projected_epsilon": projected_epsilon.get(node.hospital),
             "target_epsilon": privacy.target_epsilon,
+            "consent": consent.get(node.hospital, ""),
             "noise_multiplier": last.noise_multiplier,
             "sample_rate": last.sample_rate,
             "steps": sum(entry.step.steps for entry in entries),
             "rounds": len(entries),
         }
     return summary
+
+
+def last_consent(events: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each hospital's consent basis in the last round it trained: a snapshot hash or a waiver."""
+    consent: dict[str, str] = {}
+    for event in events:
+        if event["event"] == "round":
+            consent.update({h["hospital"]: h.get("consent", "") for h in event["hospitals"]})
+    return consent
 
 
 def aggregator_summary(consortium: Consortium, facts: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +159,12 @@ def final_comparison(consortium: Consortium, outcome: RunOutcome) -> dict[str, A
     nodes = list(consortium.nodes.values())
     released = np.load(released_model_path_of(consortium, outcome))
     federated = baselines.released(protocol, released["parameters"])
-    trains = {node.hospital: baselines.training_rows(protocol, node.data_path) for node in nodes}
+    trains = {
+        node.hospital: baselines.training_rows(
+            protocol, node.data_path, consent_export=consortium.consent_exports.get(node.hospital)
+        )
+        for node in nodes
+    }
     local = {
         name: baselines.metrics_on(
             baselines.local_only(protocol, train, seed=protocol.seed + index), test
