@@ -8,7 +8,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup system demo test lint typecheck pytest clean
+.PHONY: setup system demo test lint typecheck pytest bench bench-quick clean
 
 setup: $(STAMP) system
 
@@ -40,12 +40,20 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy crypto hospitals platform
+	$(BIN)/mypy crypto hospitals platform bench
 
 pytest: setup
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Benchmarks: one table per comparison, var/bench/results.json and var/bench/report.md (plots).
+bench: setup
+	$(BIN)/python -m bench.run --out var/bench
+
+# The same suites at small sizes, in seconds (CI runs it through tests/bench to prove they work).
+bench-quick: setup
+	$(BIN)/python -m bench.run --quick --out var/bench
 
 clean:
 	rm -rf var .mypy_cache .pytest_cache .ruff_cache

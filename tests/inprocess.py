@@ -21,7 +21,7 @@ RUN_ID = 4242
 ReplyHook = Callable[[Message], Message | None]
 
 
-def node_config(spec: HospitalNodeSpec) -> dict[str, str]:
+def node_config(spec: HospitalNodeSpec) -> dict[str, bool | float | int | str]:
     return {
         "hospital": spec.hospital,
         "data-path": str(spec.data_path),

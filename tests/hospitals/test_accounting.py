@@ -7,12 +7,16 @@ platform reports Opacus 1.6's tighter conversion (`epsilon_of`, EPSILON_CONVERSI
 less ε for the same mechanism, and PRV less still.
 """
 
-import math
-
-import numpy as np
 import pytest
-from opacus.accountants.analysis.rdp import compute_rdp
 
+from bench.accounting import (
+    DELTA,
+    classic_epsilon_at_integer_orders,
+    independent_rdp,
+    mnist_dpsgd,
+    opacus_rdp,
+    sampled_gaussian_rdp,
+)
 from hospitals.dp import (
     EPSILON_CONVERSIONS,
     Accountant,
@@ -20,24 +24,6 @@ from hospitals.dp import (
     classic_rdp_epsilon,
     epsilon_of,
 )
-
-DELTA = 1e-5
-MNIST_ROWS = 60_000
-BATCH = 256
-# Orders of RDPAccountant.DEFAULT_ALPHAS that are integers, where Mironov et al. 2019 give RDP
-# in closed form.
-INTEGER_ORDERS = list(range(2, 64))
-
-
-def mnist_dpsgd(noise_multiplier: float, epochs: int) -> PrivacyStep:
-    """DP-SGD on MNIST as in TF-Privacy's tutorial: q = 256/60000, ⌈epochs·60000/256⌉ steps."""
-    return PrivacyStep(
-        sample_rate=BATCH / MNIST_ROWS,
-        noise_multiplier=noise_multiplier,
-        steps=math.ceil(epochs * MNIST_ROWS / BATCH),
-        delta=DELTA,
-        accountant=Accountant.RDP,
-    )
 
 
 def test_the_published_default_setting():
@@ -68,44 +54,6 @@ def test_published_rows_with_the_classic_conversion(noise_multiplier, epochs, pu
     classic = classic_rdp_epsilon([step], delta=DELTA)
     assert classic == pytest.approx(published, abs=0.005)
     assert epsilon_of([step], delta=DELTA, accountant=Accountant.RDP) < 0.92 * classic
-
-
-def _log_add(a: float, b: float) -> float:
-    high, low = max(a, b), min(a, b)
-    return high if low == -math.inf else high + math.log1p(math.exp(low - high))
-
-
-def sampled_gaussian_rdp(*, q: float, sigma: float, order: int) -> float:
-    """RDP at integer order α of one step of the Poisson-subsampled Gaussian mechanism, from the
-    closed form of Mironov, Talwar & Zhang 2019 (Sampled Gaussian Mechanism, section 3.3):
-
-        A_α = Σ_{k=0}^{α} C(α, k) (1 − q)^{α−k} q^k exp((k² − k) / (2σ²))
-        RDP(α) = log A_α / (α − 1)
-
-    summed in log space (the terms overflow a float for large α and small σ).
-    """
-    log_a = -math.inf
-    for k in range(order + 1):
-        log_binomial = math.lgamma(order + 1) - math.lgamma(k + 1) - math.lgamma(order - k + 1)
-        log_term = (
-            log_binomial
-            + (order - k) * math.log1p(-q)
-            + k * math.log(q)
-            + (k * k - k) / (2 * sigma**2)
-        )
-        log_a = _log_add(log_a, log_term)
-    return log_a / (order - 1)
-
-
-def classic_epsilon_at_integer_orders(steps: list[PrivacyStep], *, delta: float) -> float:
-    return min(
-        sum(
-            s.steps * sampled_gaussian_rdp(q=s.sample_rate, sigma=s.noise_multiplier, order=order)
-            for s in steps
-        )
-        + math.log(1 / delta) / (order - 1)
-        for order in INTEGER_ORDERS
-    )
 
 
 def test_the_closed_form_matches_a_known_limit():
@@ -141,26 +89,8 @@ LEDGERS = [
 @pytest.mark.parametrize("steps", LEDGERS)
 def test_opacus_rdp_at_integer_orders_is_the_closed_form(steps):
     # What classic_rdp_epsilon sums, order by order (compute_rdp is Opacus's; the closed form is
-    # this file's own).
-    opacus = sum(
-        np.asarray(
-            compute_rdp(
-                q=s.sample_rate,
-                noise_multiplier=s.noise_multiplier,
-                steps=s.steps,
-                orders=INTEGER_ORDERS,
-            )
-        )
-        for s in steps
-    )
-    independent = [
-        sum(
-            s.steps * sampled_gaussian_rdp(q=s.sample_rate, sigma=s.noise_multiplier, order=order)
-            for s in steps
-        )
-        for order in INTEGER_ORDERS
-    ]
-    assert list(opacus) == pytest.approx(independent, rel=1e-9)
+    # bench.accounting's own).
+    assert opacus_rdp(steps) == pytest.approx(independent_rdp(steps), rel=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,81 @@
+"""What every suite shares: timing with repeats, peak memory, machine facts and the result shape."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of `repeats` runs after warm-up: the median, with the fastest and slowest."""
+
+    median: float
+    min: float
+    max: float
+    repeats: int
+
+    def ratio_to(self, baseline: Timing) -> float:
+        return self.median / baseline.median
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def time_it(action: Callable[[], object], *, repeats: int, warmup: int = 1) -> Timing:
+    """Run `action` `warmup` times unmeasured, then `repeats` times measured."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    for _ in range(warmup):
+        action()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        seconds.append(time.perf_counter() - started)
+    return Timing(statistics.median(seconds), min(seconds), max(seconds), repeats)
+
+
+Cell = str | int | float | None
+
+
+@dataclass(frozen=True)
+class Table:
+    """One printed table: the figures a reader compares, side by side."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SuiteResult:
+    """A suite's tables (printed and in report.md), raw figures (results.json) and plots."""
+
+    name: str
+    tables: list[Table]
+    figures: dict[str, Any]
+    plots: dict[str, Any] = field(default_factory=dict)  # file name → matplotlib Figure
+
+
+def machine_facts() -> dict[str, Any]:
+    memory = psutil.virtual_memory()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory.total / 2**30, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
