@@ -3,11 +3,17 @@
 CKKS (TenSEAL 0.3.18) with symmetric encryption. Each study has one secret key shared by its
 hospitals (:class:`SecretContext`); the aggregator holds an :class:`AggregatorContext` with no key
 at all, which is enough to add ciphertexts and useless for anything else. Updates travel as
-:class:`EncryptedUpdate` bytes and are validated completely before use.
+bytes and are validated completely before use, in one of two formats that the study's parameters
+choose (:mod:`crypto.codec`):
 
-Cost with the default :class:`CkksParams` (measured): ~57.4 bytes per model value, 14.4 times
-float32; the aggregator's context is 118 bytes; a 100,000-value update encrypts in ~0.07 s and
-decrypts in ~0.03 s on two cores. See :mod:`crypto.params` for the precision and range analysis.
+* :class:`PackedUpdate` (studies keyed with :data:`PACKED_PARAMS`, Cohort's default): values
+  quantized to 15 bits, four per slot, seeded ciphertexts: ~1.0 times float32 from a hospital,
+  2.0 for the summed model, within a proven quantization bound (:mod:`crypto.packing`);
+* :class:`EncryptedUpdate` (any other :class:`CkksParams`): one value per slot at CKKS precision,
+  ~57.4 bytes per value, 14.4 times float32 with the default parameters; a 100,000-value update
+  encrypts in ~0.07 s and decrypts in ~0.03 s on two cores (:mod:`crypto.params`).
+
+The aggregator's context is 118 bytes.
 
 >>> import numpy as np
 >>> key = SecretContext.generate()
@@ -37,6 +43,15 @@ from crypto.errors import (
     ValueRangeError,
 )
 from crypto.keys import AggregatorContext, SecretContext
+from crypto.packing import (
+    PACKED_PARAMS,
+    PackedUpdate,
+    Quantization,
+    decrypt_packed_mean,
+    encrypt_packed,
+    max_packed_nbytes,
+    sum_packed_updates,
+)
 from crypto.params import MAX_MODULUS_BITS_128, MAX_SUMMANDS, CkksParams
 from crypto.updates import (
     MAX_LENGTH,
@@ -52,6 +67,7 @@ __all__ = [
     "MAX_LENGTH",
     "MAX_MODULUS_BITS_128",
     "MAX_SUMMANDS",
+    "PACKED_PARAMS",
     "AggregatorContext",
     "CkksParams",
     "ContextMismatchError",
@@ -64,11 +80,17 @@ __all__ = [
     "MalformedUpdateError",
     "MissingSecretKeyError",
     "OversizeError",
+    "PackedUpdate",
     "ParameterError",
+    "Quantization",
     "SecretContext",
     "ValueRangeError",
     "decrypt_mean",
+    "decrypt_packed_mean",
+    "encrypt_packed",
     "encrypt_update",
+    "max_packed_nbytes",
     "max_update_nbytes",
+    "sum_packed_updates",
     "sum_updates",
 ]

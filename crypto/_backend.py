@@ -8,6 +8,7 @@ so every call into it goes through :func:`_translated`.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,9 +17,9 @@ import numpy as np
 import numpy.typing as npt
 import tenseal as ts
 
-# Importing sealapi registers SEAL's Modulus type with pybind11; without it,
+# Importing sealapi also registers SEAL's Modulus type with pybind11; without it,
 # EncryptionParameters.coeff_modulus() cannot be converted to Python objects.
-import tenseal.sealapi  # noqa: F401
+import tenseal.sealapi as sealapi
 
 from crypto.errors import CryptoError, MalformedContextError, MalformedUpdateError, ParameterError
 from crypto.params import CkksParams
@@ -168,3 +169,86 @@ def decrypt_vector(vector: TsVector, *, size: int, name: str) -> npt.NDArray[np.
     if plain.shape != (size,):
         raise MalformedUpdateError(f"{name} decrypted to {plain.size} values, expected {size}")
     return plain
+
+
+# Packed updates (crypto.packing) go through SEAL's own API, which TenSEAL exposes as
+# tenseal.sealapi: only SEAL can serialize a symmetric ciphertext *seeded* (its random half
+# replaced by the PRNG seed that regenerates it), which halves the bytes a hospital sends.
+# SEAL reads and writes ciphertexts through file paths only; an in-memory file stands in.
+SealCiphertext = Any
+
+
+@contextmanager
+def _scratch_file(data: bytes = b"") -> Iterator[tuple[int, str]]:
+    """An in-memory file holding ``data``: its descriptor and a path SEAL can open."""
+    fd = os.memfd_create("cohort-ciphertext", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield fd, f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def _saved(serializable: Any) -> bytes:
+    with _scratch_file() as (fd, path):
+        serializable.save(path)
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+
+
+def encrypt_seeded(context: TsContext, values: npt.NDArray[np.complex128]) -> bytes:
+    """Seeded serialization of the symmetric encryption of complex slot ``values``."""
+    with _translated(CryptoError, "SEAL could not encrypt the values"):
+        seal_context = context.seal_context().data
+        plain = sealapi.Plaintext()
+        sealapi.CKKSEncoder(seal_context).encode(
+            values.tolist(), float(context.global_scale), plain
+        )
+        encryptor = sealapi.Encryptor(seal_context, context.secret_key().data)
+        return _saved(encryptor.encrypt_symmetric(plain))
+
+
+def load_seal_chunk(context: TsContext, data: bytes, *, name: str) -> SealCiphertext:
+    """A ciphertext (seeded or full) checked to be a fresh-or-summed chunk of ``context``."""
+    with _translated(MalformedUpdateError, f"{name} is not a CKKS ciphertext of this context"):
+        seal_context = context.seal_context().data
+        ciphertext = sealapi.Ciphertext(seal_context)
+        with _scratch_file(data) as (_, path):
+            ciphertext.load(seal_context, path)
+        if not sealapi.is_valid_for(ciphertext, seal_context):
+            raise MalformedUpdateError(f"{name} does not belong to this context's parameters")
+        expected_scale = float(context.global_scale)
+        if (
+            ciphertext.size() != 2
+            or ciphertext.scale != expected_scale
+            or ciphertext.parms_id() != seal_context.first_parms_id()
+            or not ciphertext.is_ntt_form()
+        ):
+            raise MalformedUpdateError(
+                f"{name} has scale {ciphertext.scale} and {ciphertext.size()} polynomials; this "
+                f"study's updates have scale {expected_scale}, 2 polynomials, top modulus level"
+            )
+    return ciphertext
+
+
+def add_seal_into(context: TsContext, total: SealCiphertext, other: SealCiphertext) -> None:
+    """Add ``other`` into ``total`` in place (needs no key)."""
+    with _translated(MalformedUpdateError, "SEAL could not add the ciphertexts"):
+        sealapi.Evaluator(context.seal_context().data).add_inplace(total, other)
+
+
+def serialize_seal_chunk(ciphertext: SealCiphertext) -> bytes:
+    """A (summed, hence full-size) ciphertext's wire bytes."""
+    with _translated(MalformedUpdateError, "SEAL could not serialize a ciphertext"):
+        return _saved(ciphertext)
+
+
+def decrypt_seal_chunk(
+    context: TsContext, ciphertext: SealCiphertext, *, size: int, name: str
+) -> npt.NDArray[np.complex128]:
+    """The first ``size`` (complex) slots of a chunk, decrypted with the context's secret key."""
+    with _translated(MalformedUpdateError, f"cannot decrypt {name}"):
+        seal_context = context.seal_context().data
+        plain = sealapi.Plaintext()
+        sealapi.Decryptor(seal_context, context.secret_key().data).decrypt(ciphertext, plain)
+        slots = sealapi.CKKSEncoder(seal_context).decode_complex(plain)
+    return np.asarray(slots[:size], dtype=np.complex128)

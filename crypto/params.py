@@ -47,7 +47,7 @@ _SUM_HEADROOM_BITS = 10
 # decoding is centred (|value| < q / 2); one more bit absorbs noise and encoding round-off.
 _SAFETY_BITS = 3
 _PRIME_BITS = range(20, 61)
-_SCALE_BITS = range(20, 61)
+_SCALE_BITS = range(16, 61)
 _FIELDS = ("poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits")
 
 
@@ -174,8 +174,8 @@ class CkksParams:
         scale_bits = _int_field("scale_bits", self.scale_bits)
         if scale_bits not in _SCALE_BITS:
             raise ParameterError(
-                f"scale_bits={scale_bits} is out of range: use {_SCALE_BITS.start} (errors "
-                f"~1e-3) to {_SCALE_BITS.stop - 1} (SEAL's largest prime)"
+                f"scale_bits={scale_bits} is out of range: use {_SCALE_BITS.start} (integer "
+                f"slots of packed updates) to {_SCALE_BITS.stop - 1} (SEAL's largest prime)"
             )
         if self._value_bits < 0:
             needed = scale_bits + _SUM_HEADROOM_BITS + _SAFETY_BITS

@@ -97,16 +97,14 @@ class EncryptedUpdate:
     @property
     def nbytes(self) -> int:
         """Size of :meth:`to_bytes`'s output, without building it."""
-        chunk_bytes = sum(len(chunk) for chunk in self.chunks)
-        return _HEADER.size + _CHUNK_SIZE.size * len(self.chunks) + chunk_bytes
+        return framed_nbytes(_HEADER.size, self.chunks)
 
     def to_bytes(self) -> bytes:
         """The self-describing wire form (see the module docstring), read by :meth:`from_bytes`."""
         header = _HEADER.pack(
             _MAGIC, _VERSION, bytes.fromhex(self.fingerprint), self.length, len(self.chunks)
         )
-        sizes = b"".join(_CHUNK_SIZE.pack(len(chunk)) for chunk in self.chunks)
-        return b"".join((header, sizes, *self.chunks))
+        return framed(header, self.chunks)
 
     @classmethod
     def from_bytes(
@@ -132,12 +130,7 @@ class EncryptedUpdate:
                 count or length, or a chunk that is not a ciphertext of this study.
         """
         _require_context(context)
-        if not isinstance(data, bytes):
-            raise TypeError(f"update bytes must be bytes, got {type(data).__name__}")
-        if len(data) > max_bytes:
-            raise OversizeError(
-                f"encrypted update of {len(data)} bytes exceeds the {max_bytes}-byte limit"
-            )
+        require_within(data, max_bytes=max_bytes)
         length, chunk_count = _read_header(data, context=context)
         if expected_length is not None and length != expected_length:
             raise MalformedUpdateError(
@@ -147,7 +140,7 @@ class EncryptedUpdate:
         update = cls(
             fingerprint=context.fingerprint,
             length=length,
-            chunks=_read_chunks(data, chunk_count=chunk_count),
+            chunks=read_chunks(data, offset=_HEADER.size, chunk_count=chunk_count),
         )
         # Parse every ciphertext now, so that nothing malformed outlives this call.
         for _ in _load_chunks(context, update, name="the update"):
@@ -193,7 +186,7 @@ def encrypt_update(
     """
     if not isinstance(context, SecretContext):
         raise TypeError("encrypting needs the hospital's SecretContext")
-    vector = _model_vector(values)
+    vector = model_vector(values)
     weight = _positive_weight(weight)
     with np.errstate(over="ignore"):
         weighted = vector * weight
@@ -281,10 +274,36 @@ def max_update_nbytes(params: CkksParams, *, length: int) -> int:
     True
     """
     chunk_count = len(_chunk_sizes(length, slot_count=params.slot_count))
+    return max_framed_nbytes(_HEADER.size, chunk_count=chunk_count, params=params)
+
+
+def max_framed_nbytes(header_size: int, *, chunk_count: int, params: CkksParams) -> int:
+    """An upper bound on a framed update of ``chunk_count`` full ciphertexts under ``params``."""
     data_primes = len(params.coeff_mod_bit_sizes) - 1
     raw_chunk = 2 * params.poly_modulus_degree * data_primes * 8
     chunk_bound = raw_chunk + raw_chunk // 256 + _CHUNK_OVERHEAD_BYTES
-    return _HEADER.size + chunk_count * (_CHUNK_SIZE.size + chunk_bound)
+    return header_size + chunk_count * (_CHUNK_SIZE.size + chunk_bound)
+
+
+def framed(header: bytes, chunks: Sequence[bytes]) -> bytes:
+    """The layout both update formats share: a header, each chunk's size, then the chunks."""
+    sizes = b"".join(_CHUNK_SIZE.pack(len(chunk)) for chunk in chunks)
+    return b"".join((header, sizes, *chunks))
+
+
+def framed_nbytes(header_size: int, chunks: Sequence[bytes]) -> int:
+    """Size of :func:`framed`'s output, without building it."""
+    return header_size + sum(_CHUNK_SIZE.size + len(chunk) for chunk in chunks)
+
+
+def require_within(data: object, *, max_bytes: int) -> None:
+    """Refuse received update bytes that are not bytes, or longer than ``max_bytes``."""
+    if not isinstance(data, bytes):
+        raise TypeError(f"update bytes must be bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise OversizeError(
+            f"encrypted update of {len(data)} bytes exceeds the {max_bytes}-byte limit"
+        )
 
 
 def _chunk_sizes(length: int, *, slot_count: int) -> list[int]:
@@ -296,12 +315,7 @@ def _load_chunks(
     context: SecretContext | AggregatorContext, update: EncryptedUpdate, *, name: str
 ) -> Iterator[Any]:
     """Check ``update`` against ``context`` now; load and validate its chunks lazily."""
-    _require_context(context)
-    if update.fingerprint != context.fingerprint:
-        raise ContextMismatchError(
-            f"{name} was made under context {update.fingerprint[:16]}..., not this study's "
-            f"{context.fingerprint[:16]}...: it belongs to another study or other parameters"
-        )
+    require_fingerprint(update.fingerprint, context=context, name=name)
     sizes = _chunk_sizes(update.length, slot_count=context.params.slot_count)
     if len(update.chunks) != len(sizes):
         raise MalformedUpdateError(
@@ -321,6 +335,18 @@ def _require_context(context: object) -> None:
         raise TypeError(f"context must be a study context, got {type(context).__name__}")
 
 
+def require_fingerprint(
+    fingerprint: str, *, context: SecretContext | AggregatorContext, name: str
+) -> None:
+    """Refuse an update made under another study's context (or other parameters)."""
+    _require_context(context)
+    if fingerprint != context.fingerprint:
+        raise ContextMismatchError(
+            f"{name} was made under context {fingerprint[:16]}..., not this study's "
+            f"{context.fingerprint[:16]}...: it belongs to another study or other parameters"
+        )
+
+
 def _read_header(data: bytes, *, context: SecretContext | AggregatorContext) -> tuple[int, int]:
     if len(data) < _HEADER.size:
         raise MalformedUpdateError(
@@ -336,11 +362,7 @@ def _read_header(data: bytes, *, context: SecretContext | AggregatorContext) -> 
             f"update format version {version} is not supported (this library reads version "
             f"{_VERSION}): the sender runs another release of the crypto package"
         )
-    if digest.hex() != context.fingerprint:
-        raise ContextMismatchError(
-            f"update was made under context {digest.hex()[:16]}..., not this study's "
-            f"{context.fingerprint[:16]}...: it belongs to another study or other parameters"
-        )
+    require_fingerprint(digest.hex(), context=context, name="update")
     if length < 1:
         raise MalformedUpdateError("update carries no values")
     expected_count = len(_chunk_sizes(length, slot_count=context.params.slot_count))
@@ -352,13 +374,14 @@ def _read_header(data: bytes, *, context: SecretContext | AggregatorContext) -> 
     return length, chunk_count
 
 
-def _read_chunks(data: bytes, *, chunk_count: int) -> tuple[bytes, ...]:
-    body = _HEADER.size + _CHUNK_SIZE.size * chunk_count
+def read_chunks(data: bytes, *, offset: int, chunk_count: int) -> tuple[bytes, ...]:
+    """The ``chunk_count`` size-prefixed chunks that follow a header of ``offset`` bytes."""
+    body = offset + _CHUNK_SIZE.size * chunk_count
     if len(data) < body:
         raise MalformedUpdateError(
             f"update is truncated: {len(data)} bytes, its header and chunk sizes need {body}"
         )
-    sizes = struct.unpack_from(f">{chunk_count}I", data, _HEADER.size)
+    sizes = struct.unpack_from(f">{chunk_count}I", data, offset)
     if sum(sizes) != len(data) - body:
         raise MalformedUpdateError(
             f"update chunks declare {sum(sizes)} bytes but {len(data) - body} follow: the "
@@ -371,7 +394,8 @@ def _read_chunks(data: bytes, *, chunk_count: int) -> tuple[bytes, ...]:
     return tuple(chunks)
 
 
-def _model_vector(values: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+def model_vector(values: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+    """``values`` as float64, checked to be a finite, non-empty 1-D numeric vector."""
     if not isinstance(values, np.ndarray):
         raise TypeError(f"values must be a numpy array, got {type(values).__name__}")
     if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
