@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ CLI_TIMEOUT_S = 60.0
 # there through PATH.
 SCRIPTS_DIR = Path(sys.executable).parent
 FLWR = SCRIPTS_DIR / "flwr"
+# A loaded SuperLink sometimes answers a read with "Internal server error"; reads are idempotent.
+READ_ATTEMPTS = 3
+READ_RETRY_DELAY_S = 1.0
 
 
 class ControlError(RuntimeError):
@@ -42,9 +46,10 @@ class RunStatus:
 
 
 class FlowerControl:
-    def __init__(self, *, env: Mapping[str, str], connection: str) -> None:
+    def __init__(self, *, env: Mapping[str, str], connection: str, flwr: Path = FLWR) -> None:
         self.env = dict(env)
         self.connection = connection
+        self.flwr = flwr
 
     def submit(self, run_config: Path, *, app_dir: Path = APP_DIR) -> int:
         """Start a run with the overrides in the TOML file `run_config`; return the run's id."""
@@ -52,7 +57,7 @@ class FlowerControl:
         return int(answer["run-id"])
 
     def status(self, run_id: int) -> RunStatus:
-        answer = self._call("ls", self.connection, "--run-id", str(run_id))
+        answer = self._read("ls", self.connection, "--run-id", str(run_id))
         (run,) = answer["runs"]
         details = run.get("status-details", "")
         return RunStatus(
@@ -69,9 +74,18 @@ class FlowerControl:
             return 0  # the SuperLink is not answering yet
         return sum(1 for node in answer.get("nodes", []) if node.get("status") == "online")
 
+    def _read(self, *args: str) -> dict[str, Any]:
+        """`_call` for a request that changes nothing, retried on a transient refusal."""
+        for attempt in range(1, READ_ATTEMPTS):
+            try:
+                return self._call(*args)
+            except ControlError:
+                time.sleep(READ_RETRY_DELAY_S * attempt)
+        return self._call(*args)
+
     def _call(self, *args: str) -> dict[str, Any]:
         completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [str(FLWR), *args, "--format", "json"],
+            [str(self.flwr), *args, "--format", "json"],
             capture_output=True,
             text=True,
             env=self.env,

@@ -1,56 +1,35 @@
 """A whole Flower deployment on this machine: one SuperLink and one SuperNode per hospital.
 
-Every process gets free loopback ports, its own log file and its own process group, and is stopped
-by PID on exit, Ctrl-C included. Processes that Flower spawns (SuperExec, ServerApp, ClientApps)
-follow their parents down.
+Each SuperNode runs in Flower's `--isolation process` mode beside a warm ClientApp launcher
+(`cohort-launcher`, hospitals/launcher.py) that forks every ClientApp task from one process that
+imported torch, opacus and tenseal once, instead of Flower's SuperExec starting a fresh
+`flwr-clientapp` per message. Every process gets free loopback ports, its own log file and its own
+process group, and is stopped by PID on exit, Ctrl-C included. Processes that Flower spawns
+(SuperExec, ServerApp) and the launchers' tasks follow their parents down.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeAlias
 
 from federation.control import SCRIPTS_DIR, FlowerControl
+from hospitals.node import NodeSettings
 
 STOP_GRACE_S = 5.0
 CONNECTION = "local"
 
-
-@dataclass(frozen=True)
-class HospitalNodeSpec:
-    """One hospital's SuperNode: its name, its data and its own state directory."""
-
-    hospital: str
-    data_path: Path
-    state_dir: Path
-    policy_path: Path
-    dataset_id: str
-    portal_url: str | None = None  # where the node pulls consent snapshots and reports to
-
-    def node_config(self) -> str:
-        pairs = {
-            "hospital": self.hospital,
-            "data-path": str(self.data_path.resolve()),
-            "state-dir": str(self.state_dir.resolve()),
-            "policy-path": str(self.policy_path.resolve()),
-            "dataset-id": self.dataset_id,
-        }
-        if self.portal_url:
-            pairs["portal-url"] = self.portal_url
-        return " ".join(f"{key}={_toml_string(value)}" for key, value in pairs.items())
-
-
-def _toml_string(value: str) -> str:
-    # Node config values are parsed as TOML; JSON string escaping is valid TOML basic-string syntax.
-    return json.dumps(value)
+# A hospital's SuperNode is described by its node settings alone: the node.toml keys hospital IT
+# writes (hospitals/node.py), which this deployment hands to the SuperNode as that very file.
+HospitalNodeSpec: TypeAlias = NodeSettings
 
 
 def free_port() -> int:
@@ -134,6 +113,8 @@ class LocalFederation:
         self.control = FlowerControl(env=self.env, connection=CONNECTION)
         self.superlink: ManagedProcess | None = None
         self.supernodes: dict[str, ManagedProcess] = {}
+        # Each SuperNode's ClientApp launcher, by hospital; it exits when its SuperNode dies.
+        self.launchers: dict[str, ManagedProcess] = {}
 
     @property
     def address(self) -> str:
@@ -176,7 +157,9 @@ class LocalFederation:
         self.wait_for_nodes(len(self.hospitals), timeout_s=connect_timeout_s)
 
     def start_hospital(self, spec: HospitalNodeSpec) -> ManagedProcess:
+        """The hospital's SuperNode, and the launcher that runs its ClientApp tasks."""
         spec.state_dir.mkdir(parents=True, exist_ok=True)
+        runtime_port = free_port()
         process = ManagedProcess(
             spec.hospital,
             [
@@ -184,15 +167,34 @@ class LocalFederation:
                 "--insecure",
                 "--superlink",
                 self.address,
+                # No SuperExec of Flower's: the launcher below acquires the tasks instead.
+                "--isolation",
+                "process",
+                # The Runtime API the launcher and its tasks talk to (plain HTTP on loopback).
                 "--port",
-                str(free_port()),
+                str(runtime_port),
                 "--node-config",
-                spec.node_config(),
+                str(self._write_node_config(spec)),
             ],
             log_path=self.workdir / "logs" / f"supernode-{spec.hospital}.log",
             env=self.env,
         )
         self.supernodes[spec.hospital] = process
+        self.launchers[spec.hospital] = ManagedProcess(
+            f"{spec.hospital} launcher",
+            [
+                str(SCRIPTS_DIR / "cohort-launcher"),
+                "--runtime-api-address",
+                f"127.0.0.1:{runtime_port}",
+                # The SuperNode serves its Runtime API without TLS here, as Flower then tells its
+                # own SuperExec (flwr/supernode/start_client_internal.py).
+                "--insecure",
+                "--parent-pid",
+                str(process.pid),
+            ],
+            log_path=self.workdir / "logs" / f"launcher-{spec.hospital}.log",
+            env=self.env,
+        )
         return process
 
     def wait_for_nodes(self, count: int, *, timeout_s: float) -> None:
@@ -208,14 +210,31 @@ class LocalFederation:
         )
 
     def stop(self) -> None:
-        for process in [*self.supernodes.values(), self.superlink]:
+        # Launchers first: their running tasks can still report to a live SuperNode.
+        for process in [*self.launchers.values(), *self.supernodes.values(), self.superlink]:
             if process is not None:
                 process.stop()
 
     def describe(self) -> str:
-        pids = ", ".join(f"{name} {p.pid}" for name, p in self.supernodes.items())
+        pids = ", ".join(
+            f"{name} {p.pid} (launcher {self.launchers[name].pid})"
+            for name, p in self.supernodes.items()
+        )
         superlink = self.superlink.pid if self.superlink else "-"
         return f"SuperLink {self.address} (pid {superlink}); SuperNodes: {pids}"
+
+    def _write_node_config(self, spec: HospitalNodeSpec) -> Path:
+        """The node.toml the SuperNode reads, with absolute paths whatever its working directory."""
+        path = self.workdir / "nodes" / f"{spec.hospital}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        absolute = dataclasses.replace(
+            spec,
+            data_path=spec.data_path.resolve(),
+            state_dir=spec.state_dir.resolve(),
+            policy_path=spec.policy_path.resolve(),
+        )
+        path.write_text(absolute.to_toml(), encoding="utf-8")
+        return path
 
     def _write_cli_config(self) -> None:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
@@ -226,7 +245,7 @@ class LocalFederation:
         )
 
     def _raise_if_exited(self) -> None:
-        for process in [self.superlink, *self.supernodes.values()]:
+        for process in [self.superlink, *self.supernodes.values(), *self.launchers.values()]:
             if process is not None and not process.alive():
                 raise RuntimeError(
                     f"{process.name} exited with code {process.popen.returncode} during start-up; "

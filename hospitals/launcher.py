@@ -1,0 +1,369 @@
+"""`cohort-launcher`: a warm ClientApp launcher for a SuperNode started with `--isolation process`.
+
+Flower 1.41's SuperExec starts a fresh `flwr-clientapp` process for every message, and each one
+imports torch, opacus and tenseal again: seconds per message, twice per hospital per round. This
+launcher does the SuperExec's job (flwr/supercore/superexec/run_superexec.py) with one difference:
+it imports the ClientApp's modules once, then starts each task with `os.fork()`, and the child runs
+Flower's own `run_clientapp`, the function behind `flwr-clientapp`, on modules already loaded.
+
+    flower-supernode --isolation process --port 9094 ... &
+    cohort-launcher --runtime-api-address 127.0.0.1:9094 --insecure --parent-pid $!
+
+Fork safety. The parent never runs a torch op, so no OpenMP pool exists to be inherited broken,
+and never initialises CUDA, whose context cannot survive a fork: `torch.cuda` belongs in the tasks
+only. It starts no thread and registers no Flower exit handler, so a child inherits neither a lock
+held by another thread nor the parent's clean-up. The idle pool threads that importing numpy and
+pyarrow starts (OpenBLAS, jemalloc) are handled by those libraries' own pthread_atfork handlers; a
+forked child was checked to run BLAS, torch, Parquet and CKKS work. Every child leaves with
+`os._exit`, never unwinding into the parent's loop: an interpreter exit in a fork runs C++ static
+destructors that abort ("std::system_error: No such process"). Random state: CPython reseeds
+`random` in a child; numpy's and torch's global generators are inherited as they are, where a fresh
+interpreter would start them from fixed seeds anyway: the node seeds its own generators
+(hospitals/dp.py) and SEAL seeds each PRNG from the OS when a task encrypts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from logging import DEBUG, INFO, WARNING
+from types import FrameType
+from typing import NoReturn
+
+import httpx
+from flwr.proto.runtime_pb2 import AcquireTaskRequest
+from flwr.supercore import log
+from flwr.supercore.constant import TaskType
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, LaunchResultStatus
+from flwr.supercore.superexec.plugin import AutoExecPlugin
+from flwr.supercore.tls import validate_and_resolve_root_certificates
+from flwr.supercore.utils import disable_process_dumping
+from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+# What every task would otherwise import for itself: the ClientApp that
+# platform/federation/app/pyproject.toml names, and torch._dynamo (~190 modules, 0.4 s), which
+# torch.optim imports on an optimizer's first parameter group (torch/_compile.py). Flower's loader
+# (flwr/supercore/object_ref.py, load_app) imports a component only when it is not in sys.modules
+# yet, so forked tasks use these imports; a run naming another ClientApp imports it in each task.
+PRELOAD_MODULES = ("hospitals.client_app", "torch._dynamo")
+# Flower reads its SuperExec's interval from FLWR_SUPEREXEC_TASK_POLL_INTERVAL (default 1 s,
+# bounds 0.01–60 s: run_superexec.py). A poll is one loopback HTTP request: measured on 2 cores,
+# an idle SuperNode and launcher cost 24% of a core together at 0.01 s, 9% at 0.05 s and 2.7% at
+# 0.2 s, per hospital. 0.1 s adds 0.05 s per message on average, against the 1.5 s the SuperNode
+# itself waits on average before pulling a message (flwr/supernode/start_client_internal.py sleeps
+# 3 s whenever it found none).
+DEFAULT_POLL_INTERVAL_S = 0.1
+MIN_POLL_INTERVAL_S = 0.01
+MAX_POLL_INTERVAL_S = 60.0
+# Between attempts while the SuperNode's Runtime API does not answer (starting or stopping).
+RECONNECT_DELAY_S = 1.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass(frozen=True)
+class LauncherSettings:
+    runtime_api_address: str
+    insecure: bool
+    root_certificates: str | None  # None with TLS: the system's CAs, as Flower does
+    parent_pid: int | None  # the SuperNode's: the launcher exits when it does
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+
+
+def exit_code(task: Callable[[], object]) -> int:
+    """The exit status `task` ends with: `flwr_exit` ends every ClientApp with SystemExit."""
+    try:
+        task()
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        return 1
+    except BaseException:  # in a child, nothing may unwind into the parent's loop
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def run_task(spec: ExecutionSpec) -> None:
+    """What `flwr-clientapp` does with the arguments Flower's SubprocessExecutor would give it.
+
+    See flwr/supernode/cli/flwr_clientapp.py and superexec/executor/subprocess_executor.py.
+    """
+    run_clientapp(
+        runtime_api_address=spec.runtime_api_address,
+        token=spec.token,
+        insecure=spec.insecure,
+        certificates=validate_and_resolve_root_certificates(
+            spec.root_certificates_path, spec.insecure
+        ),
+        parent_pid=spec.parent_pid,
+        runtime_dependency_install=spec.runtime_dependency_install,
+    )
+
+
+class ForkExecutor:
+    """Flower's SuperExec `Executor` protocol (superexec/executor/types.py), forking per task."""
+
+    def __init__(self, task: Callable[[ExecutionSpec], None] = run_task) -> None:
+        self._task = task
+        self._children: dict[int, int] = {}  # pid → task id
+
+    @property
+    def running(self) -> int:
+        return len(self._children)
+
+    def get_eligible_capacity(
+        self,
+        supported_task_types: set[TaskType],
+        *,
+        insecure: bool = False,
+        root_certificates_path: str | None = None,
+    ) -> tuple[set[TaskType], set[str]]:
+        """ClientApps only: other task types have entry points this process did not preload."""
+        del insecure, root_certificates_path
+        return supported_task_types & {TaskType.CLIENT_APP}, set()
+
+    def wait_for_capacity(
+        self,
+        task_type: TaskType | None = None,
+        *,
+        fab_hash: str | None = None,
+        insecure: bool = False,
+        root_certificates_path: str | None = None,
+    ) -> None:
+        """Returns at once: like Flower's subprocesses, forks have no capacity gate."""
+        del task_type, fab_hash, insecure, root_certificates_path
+
+    def launch(self, spec: ExecutionSpec) -> LaunchResult:
+        if spec.task_type is not TaskType.CLIENT_APP:
+            return LaunchResult.failed(f"this launcher runs ClientApps only, not {spec.task_type}")
+        # Unflushed output would be written twice: once by the parent and once by the child.
+        _flush_standard_streams()
+        try:
+            pid = os.fork()
+        except OSError as error:  # out of processes or memory: the SuperNode expires the task
+            return LaunchResult.failed(f"fork failed: {error}")
+        if pid == 0:
+            _run_child(spec, self._task)
+        self._children[pid] = spec.task_id
+        log(INFO, "Task %d: ClientApp forked as pid %d", spec.task_id, pid)
+        return LaunchResult.accepted()
+
+    def reconcile(self) -> None:
+        """Reap the tasks that finished, so that none is left a zombie."""
+        for pid in list(self._children):
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+            if reaped:
+                self._reaped(pid, status)
+
+    def close(self) -> None:
+        """Stop the running tasks (Flower's handler in each reports it failed) and reap them."""
+        for pid in self._children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue  # exited, not reaped yet
+        for pid in list(self._children):
+            _, status = os.waitpid(pid, 0)
+            self._reaped(pid, status)
+
+    def _reaped(self, pid: int, status: int) -> None:
+        task_id = self._children.pop(pid)
+        log(
+            INFO,
+            "Task %d: pid %d exited with code %d",
+            task_id,
+            pid,
+            os.waitstatus_to_exitcode(status),
+        )
+
+
+def _run_child(spec: ExecutionSpec, task: Callable[[ExecutionSpec], None]) -> NoReturn:
+    code = 1
+    try:
+        # The parent's handlers would unwind into its loop and clean-up; Flower's run_clientapp
+        # installs the task's own.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        log(
+            INFO,
+            "Task %d runs in pid %d, forked by pid %d",
+            spec.task_id,
+            os.getpid(),
+            os.getppid(),
+        )
+        code = exit_code(lambda: task(spec))
+    finally:
+        _flush_standard_streams()
+        os._exit(code)
+
+
+def _flush_standard_streams() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def preload(modules: Sequence[str] = PRELOAD_MODULES) -> None:
+    """Import the ClientApp and all it imports, once, for every forked task to share."""
+    started = time.monotonic()
+    for module in modules:
+        importlib.import_module(module)
+    log(INFO, "Preloaded %s in %.1f s", ", ".join(modules), time.monotonic() - started)
+
+
+def serve(settings: LauncherSettings) -> None:
+    """Acquire the SuperNode's tasks and fork each, until the SuperNode exits or a signal comes."""
+    # As flower-superexec does: task tokens pass through this memory, and the tasks, which read
+    # patient data, inherit the setting.
+    disable_process_dumping(strict=False)
+    preload()
+    executor = ForkExecutor()
+    plugin = AutoExecPlugin(
+        runtime_api_address=settings.runtime_api_address,
+        insecure=settings.insecure,
+        root_certificates_path=settings.root_certificates,
+        # A warm process cannot take a run's own dependencies: they need a fresh interpreter.
+        runtime_dependency_install=False,
+        executor=executor,
+    )
+    # No retry invoker (it retries forever, so the loop could not notice the SuperNode exit) and
+    # no tracing interceptor (an exporter thread would be forked with the process).
+    client = RuntimeHttpClient.from_server_address(
+        server_address=settings.runtime_api_address,
+        insecure=settings.insecure,
+        root_certificates=validate_and_resolve_root_certificates(
+            settings.root_certificates, settings.insecure
+        ),
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+    )
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _exit_on_signal)
+    log(INFO, "Serving ClientApp tasks of the SuperNode at %s", settings.runtime_api_address)
+    try:
+        while _alive(settings.parent_pid):
+            executor.reconcile()
+            if not _acquire_and_launch(client, plugin, executor):
+                time.sleep(settings.poll_interval_s)
+        log(
+            INFO,
+            "SuperNode (pid %s) exited; stopping %d running task(s)",
+            settings.parent_pid,
+            executor.running,
+        )
+    finally:
+        client.close()
+        executor.close()
+
+
+def _acquire_and_launch(
+    client: RuntimeHttpClient, plugin: AutoExecPlugin, executor: ForkExecutor
+) -> bool:
+    """One turn of run_superexec's loop; True when a task was launched."""
+    task_types, fab_hashes = executor.get_eligible_capacity(set(plugin.supported_task_types))
+    try:
+        response = client.AcquireTask(
+            AcquireTaskRequest(supported_task_types=task_types, agentapp_fab_hashes=fab_hashes)
+        )
+    except httpx.TransportError as error:  # the SuperNode is starting or stopping
+        log(DEBUG, "Runtime API did not answer (%s); retrying", error)
+        time.sleep(RECONNECT_DELAY_S)
+        return False
+    except httpx.HTTPStatusError as error:
+        log(WARNING, "Runtime API refused AcquireTask (%s); retrying", error)
+        time.sleep(RECONNECT_DELAY_S)
+        return False
+    if not (response.HasField("task") and response.token):
+        return False
+    result = plugin.launch_task(token=response.token, task=response.task)
+    if result.status is not LaunchResultStatus.ACCEPTED:
+        # The SuperNode expires the task, as it does when Flower's own executor fails one.
+        log(WARNING, "Task %d not launched: %s", response.task.task_id, result.message)
+    return True
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether the SuperNode runs: polled each turn, not watched from a thread as Flower does
+    (supercore/app_utils.py), so that this process stays single-threaded for fork."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    # Unwinds through serve's `finally`, which stops and reaps the running tasks.
+    raise SystemExit(128 + signum)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="cohort-launcher",
+        description="Run a SuperNode's ClientApp tasks, forked from one warm process, in place of "
+        "flower-superexec (for flower-supernode --isolation process).",
+    )
+    root.add_argument(
+        "--runtime-api-address",
+        required=True,
+        metavar="HOST:PORT",
+        help="the SuperNode's Runtime API (its --host and --port)",
+    )
+    tls = root.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain HTTP, for a SuperNode started without --ssl-certfile",
+    )
+    tls.add_argument(
+        "--root-certificates",
+        metavar="PATH",
+        help="CA certificate (PEM) for the Runtime API's TLS: the SuperNode's --ssl-ca-certfile",
+    )
+    root.add_argument(
+        "--parent-pid",
+        type=int,
+        metavar="PID",
+        help="the SuperNode's pid: exit, stopping running tasks, when it exits",
+    )
+    root.add_argument(
+        "--poll-interval",
+        type=float,
+        default=DEFAULT_POLL_INTERVAL_S,
+        metavar="SECONDS",
+        help=f"how often to ask for a task (default {DEFAULT_POLL_INTERVAL_S:g} s)",
+    )
+    return root
+
+
+def parse_args(argv: Sequence[str] | None = None) -> LauncherSettings:
+    command = parser()
+    args = command.parse_args(argv)
+    if not MIN_POLL_INTERVAL_S <= args.poll_interval <= MAX_POLL_INTERVAL_S:
+        command.error(
+            f"--poll-interval must be between {MIN_POLL_INTERVAL_S:g} and "
+            f"{MAX_POLL_INTERVAL_S:g} seconds, got {args.poll_interval:g}"
+        )
+    return LauncherSettings(
+        runtime_api_address=args.runtime_api_address,
+        insecure=args.insecure,
+        root_certificates=args.root_certificates,
+        parent_pid=args.parent_pid,
+        poll_interval_s=args.poll_interval,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    serve(parse_args(argv))
+    return 0

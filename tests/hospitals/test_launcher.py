@@ -1,0 +1,195 @@
+"""The warm ClientApp launcher: one process per SuperNode that forks every ClientApp task."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.supercore.constant import TaskType
+from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
+
+from federation.deployment import LocalFederation
+from federation.runner import StudyRequest, run_and_follow
+from hospitals.launcher import ForkExecutor, LauncherSettings, exit_code, parse_args
+from hospitals.protocol import canonical_json
+
+
+def execution_spec(task_id: int, task_type: TaskType = TaskType.CLIENT_APP) -> ExecutionSpec:
+    return ExecutionSpec(
+        task_type=task_type,
+        runtime_api_address="127.0.0.1:9094",
+        token="token",
+        insecure=True,
+        root_certificates_path=None,
+        runtime_dependency_install=False,
+        parent_pid=os.getpid(),
+        suppress_output=False,
+        task_id=task_id,
+    )
+
+
+def reap_all(executor: ForkExecutor, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while executor.running and time.monotonic() < deadline:
+        executor.reconcile()
+        time.sleep(0.01)
+
+
+def test_parse_args_takes_the_superexec_flags():
+    assert parse_args(
+        ["--runtime-api-address", "127.0.0.1:9094", "--insecure", "--parent-pid", "42"]
+    ) == LauncherSettings(
+        runtime_api_address="127.0.0.1:9094",
+        insecure=True,
+        root_certificates=None,
+        parent_pid=42,
+    )
+    assert parse_args(
+        [
+            "--runtime-api-address",
+            "node:9094",
+            "--root-certificates",
+            "ca.pem",
+            "--poll-interval",
+            "1",
+        ]
+    ) == LauncherSettings(
+        runtime_api_address="node:9094",
+        insecure=False,
+        root_certificates="ca.pem",
+        parent_pid=None,
+        poll_interval_s=1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--runtime-api-address", "a:1", "--insecure", "--root-certificates", "ca.pem"],
+        ["--runtime-api-address", "a:1", "--poll-interval", "0"],
+        ["--insecure"],
+    ],
+    ids=["insecure-and-certificates", "poll-interval-below-flowers-minimum", "no-address"],
+)
+def test_parse_args_refuses(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert "error:" in capsys.readouterr().err
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+@pytest.mark.parametrize(
+    ("task", "code"),
+    [
+        (lambda: None, 0),
+        (lambda: sys.exit(0), 0),
+        (lambda: sys.exit(None), 0),
+        (lambda: sys.exit(101), 101),
+        (lambda: sys.exit("failed"), 1),
+        (lambda: _raise(RuntimeError("boom")), 1),
+        (lambda: _raise(KeyboardInterrupt()), 1),
+    ],
+)
+def test_exit_code_is_the_status_the_task_ends_with(task, code):
+    assert exit_code(task) == code
+
+
+def test_tasks_run_in_forked_children_that_are_reaped(tmp_path):
+    def task(spec: ExecutionSpec) -> None:
+        (tmp_path / str(spec.task_id)).write_text(f"{os.getpid()} {os.getppid()}")
+        sys.exit(spec.task_id)  # as flwr_exit ends a ClientApp
+
+    executor = ForkExecutor(task)
+    results = [executor.launch(execution_spec(task_id)) for task_id in (1, 2, 3)]
+    reap_all(executor)
+
+    assert [result.status for result in results] == [LaunchResultStatus.ACCEPTED] * 3
+    assert executor.running == 0
+    recorded = [(tmp_path / str(task_id)).read_text().split() for task_id in (1, 2, 3)]
+    assert {parent for _, parent in recorded} == {str(os.getpid())}
+    assert len({child for child, _ in recorded}) == 3
+
+
+def test_close_stops_running_tasks_and_reaps_them():
+    executor = ForkExecutor(lambda spec: time.sleep(60))
+    executor.launch(execution_spec(1))
+    began = time.monotonic()
+    executor.close()
+    assert executor.running == 0
+    assert time.monotonic() - began < 5
+
+
+def test_only_clientapp_tasks_are_acquired_and_launched():
+    executor = ForkExecutor(lambda spec: None)
+    assert executor.get_eligible_capacity(set(TaskType)) == ({TaskType.CLIENT_APP}, set())
+    result = executor.launch(execution_spec(1, TaskType.SERVER_APP))
+    assert result.status is LaunchResultStatus.FAILED
+    assert executor.running == 0
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is `pid`, read from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while listing
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_one_warm_launcher_per_node_forks_every_clientapp_task(make_consortium, tmp_path):
+    rounds = 2
+    consortium = make_consortium(rounds=rounds, round_timeout_s=120)
+    hospitals = consortium.hospitals[:2]
+    request = StudyRequest(
+        protocol_json=canonical_json(consortium.protocol.document),
+        aggregator_context=consortium.key.aggregator_context().to_bytes(),
+        results_path=tmp_path / "results.jsonl",
+        join_timeout_s=60,
+    )
+    supernode_children: list[int] = []
+    with LocalFederation(workdir=tmp_path / "federation", hospitals=hospitals) as federation:
+
+        def look_under_supernodes(event: dict[str, Any]) -> None:
+            # Flower's default isolation keeps a SuperExec under each SuperNode for the whole run.
+            for supernode in federation.supernodes.values():
+                supernode_children.extend(child_pids(supernode.pid))
+
+        outcome = run_and_follow(
+            federation.control, request, on_event=look_under_supernodes, timeout_s=420
+        )
+        launchers = dict(federation.launchers)
+        first = hospitals[0].hospital
+        federation.supernodes[first].kill()
+        launchers[first].popen.wait(timeout=10)  # it follows its SuperNode down
+
+    assert outcome.status.status == "finished:completed", outcome.failure_reason
+    assert supernode_children == []
+    logs = tmp_path / "federation" / "logs"
+    for spec in hospitals:
+        launcher_pid = launchers[spec.hospital].pid
+        log = (logs / f"launcher-{spec.hospital}.log").read_text(errors="replace")
+        # Sets: opacus's logging.basicConfig makes Flower's logger print each line twice.
+        assert len(set(re.findall(r"Preloaded hospitals\.client_app.* in [\d.]+ s", log))) == 1
+        forked = set(re.findall(r"Task (\d+) runs in pid (\d+), forked by pid (\d+)", log))
+        assert len(forked) == 2 * rounds  # a train and an evaluate message per round
+        assert {int(parent) for _, _, parent in forked} == {launcher_pid}
+        exits = set(re.findall(r"Task (\d+): pid (\d+) exited with code (-?\d+)", log))
+        assert exits == {(task, child, "0") for task, child, _ in forked}
+        supernode_log = (logs / f"supernode-{spec.hospital}.log").read_text(errors="replace")
+        for text in (log, supernode_log):
+            assert "Starting Flower SuperExec" not in text
+            assert "Start `flwr-clientapp` process" not in text
