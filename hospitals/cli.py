@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from crypto import SecretContext
+from crypto import PACKED_PARAMS, SecretContext
 from hospitals.consent import ConsentError, import_consent_export, withdraw_consent
 from hospitals.data import DataError, load_dataset, split_holdout
 from hospitals.dp import EPSILON_CONVERSIONS
@@ -94,7 +94,7 @@ def keys_create(args: argparse.Namespace) -> int:
     node = _node(args)
     if study_key_path(node.keys_dir, args.study).exists():
         raise PortalError(f"this node already holds a key for study '{args.study}'; keep using it")
-    key = SecretContext.generate()
+    key = SecretContext.generate(params=PACKED_PARAMS)
     PortalClient.for_node(node).upload_he_context(
         study_slug=args.study, aggregator_context=key.aggregator_context().to_bytes()
     )

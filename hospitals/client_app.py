@@ -76,9 +76,9 @@ def _refusal(code: str, reason: str) -> RecordDict:
 
 def round_request(msg: Message) -> RoundRequest:
     """Read the aggregator's request; anything malformed is refused, never trusted."""
-    config = msg.content.config_records.get(wire.ROUND_CONFIG)
-    round_number = config.get("round") if config else None
-    protocol_json = config.get("protocol") if config else None
+    config = msg.content.config_records.get(wire.ROUND_CONFIG) or ConfigRecord()
+    round_number = config.get("round")
+    protocol_json = config.get("protocol")
     if not isinstance(round_number, int) or not isinstance(protocol_json, str):
         raise RoundRefusedError(
             "invalid-request", "the round request lacks a round number or protocol"
@@ -90,12 +90,19 @@ def round_request(msg: Message) -> RoundRequest:
     global_state = None
     if wire.GLOBAL_STATE in msg.content.array_records:
         global_state = bytes(msg.content.array_records[wire.GLOBAL_STATE][wire.BLOB].data)
+    weight_unit = config.get("weight_unit")
+    if weight_unit is not None and (type(weight_unit) is not int or weight_unit < 1):
+        raise RoundRefusedError(
+            "invalid-request",
+            f"the round's weight unit must be a positive integer: {weight_unit!r}",
+        )
     return RoundRequest(
         run_id=str(msg.metadata.run_id),
         round_number=round_number,
         protocol=protocol,
         global_state=global_state,
-        final=config.get("final") is True if config else False,
+        final=config.get("final") is True,
+        weight_unit=weight_unit,
     )
 
 

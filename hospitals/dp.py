@@ -11,14 +11,15 @@ arithmetic so that what the node plans and checks against its budget is what it 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -26,12 +27,15 @@ from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis.rdp import compute_rdp
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import AbstractGradSampleModule
+from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hospitals.evaluation import FeatureArray, LabelArray, binary_logits, tensors_from_arrays
 
-GradSampleMode = Literal["hooks", "functorch"]
+_CPU = torch.device("cpu")
 
 # get_noise_multiplier stops bisecting once ε is within this much below the target (relative), so
 # the planned σ spends between 99.5% and 100% of the budget whatever the target's magnitude.
@@ -57,6 +61,25 @@ _OPACUS_MODULE_ATTRIBUTES = (
 class Accountant(StrEnum):
     RDP = "rdp"
     PRV = "prv"
+
+
+class GradSampleMode(StrEnum):
+    """How Opacus bounds each row's gradient. Every mode clips each row's gradient to
+    max_grad_norm before the sum is noised, so the mechanism and its accounting are the same;
+    they differ in time and memory only (`make bench`, suite dp)."""
+
+    HOOKS = "hooks"  # per-sample gradients from module hooks, one tensor per row and parameter
+    FUNCTORCH = "functorch"  # the same tensors from torch.func.vmap
+    # Per-sample gradient norms only (Li et al. 2022, "ghost clipping"), then a second backward
+    # of the clip-weighted loss: no per-sample gradient is ever materialised.
+    GHOST = "ghost"
+
+
+# Measured on CPU (bench suite dp, batch 64): only ghost clipping stays near non-DP as a model
+# widens (MLP 256×256: ~3× the time and ~2× the memory of non-DP, against ~8-12× and 30-40× with
+# hooks or functorch; the catalog allows 4×1024). On the smallest models its second backward costs
+# ~1 ms a step more than hooks: the price of a default that cannot blow up.
+DEFAULT_GRAD_SAMPLE_MODE = GradSampleMode.GHOST
 
 
 # How each accountant's bound becomes (ε, δ); every ε the platform publishes names its conversion.
@@ -201,6 +224,13 @@ def plan_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: in
     """
     _require_sample_rate(sample_rate)
     _require_positive_int("total_steps", total_steps)
+    return _planned_noise_multiplier(dp, sample_rate, total_steps)
+
+
+# Bisecting the accountant takes seconds (~2 s with RDP) and a node plans every training message
+# with the same inputs; σ depends on nothing else, so equal inputs are answered from memory.
+@functools.lru_cache(maxsize=256)
+def _planned_noise_multiplier(dp: DpSettings, sample_rate: float, total_steps: int) -> float:
     try:
         with _unsubsampled_prv_quiet():
             noise_multiplier = get_noise_multiplier(
@@ -278,9 +308,16 @@ def _unsubsampled_prv_quiet() -> Iterator[None]:
         yield
 
 
-def _seeded_generator(seed_sequence: np.random.SeedSequence) -> torch.Generator:
+def _seeded_generator(
+    seed_sequence: np.random.SeedSequence, device: torch.device = _CPU
+) -> torch.Generator:
     seed = int(seed_sequence.generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _require_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 @contextmanager
@@ -291,6 +328,17 @@ def _restoring_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
+    # Module.to() swaps each parameter's data in place: the caller's parameters stay the same
+    # objects, and come back on the CPU, where the node reads and encrypts them.
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(_CPU)
 
 
 @contextmanager
@@ -324,6 +372,59 @@ def _remove_opacus_residue(model: nn.Module) -> None:
             module._is_full_backward_hook = None
 
 
+class _Loss(Protocol):
+    def backward(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _PrivateTraining:
+    """What `make_private` returns, whatever the mode: ghost clipping adds a loss wrapper whose
+    backward runs the two passes; the other modes use the plain criterion."""
+
+    module: AbstractGradSampleModule
+    optimizer: DPOptimizer
+    loader: DPDataLoader
+    loss: Callable[[torch.Tensor, torch.Tensor], _Loss]
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        logits = binary_logits(self.module, inputs)
+        # On an empty batch the mean loss is NaN but every per-sample gradient (or norm) is
+        # empty, so the step adds noise only; it must run, as q assumes.
+        self.loss(logits, targets).backward()
+        self.optimizer.step()
+
+
+def _make_private(
+    engine: PrivacyEngine,
+    model: nn.Module,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    *,
+    learning_rate: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    noise_generator: torch.Generator,
+    mode: GradSampleMode,
+) -> _PrivateTraining:
+    criterion = nn.BCEWithLogitsLoss()
+    made = engine.make_private(
+        module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=learning_rate),
+        criterion=criterion,
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        noise_generator=noise_generator,
+        grad_sample_mode=mode.value,
+    )
+    if mode is GradSampleMode.GHOST:
+        module, optimizer, ghost_loss, private_loader = made
+        return _PrivateTraining(module, optimizer, private_loader, ghost_loss)
+    module, optimizer, private_loader = made
+    return _PrivateTraining(module, optimizer, private_loader, criterion)
+
+
 def train_dp(
     model: nn.Module,
     *,
@@ -335,22 +436,24 @@ def train_dp(
     delta: float,
     seed: int,
     accountant: Accountant,
-    grad_sample_mode: GradSampleMode = "hooks",
+    grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
+    device: torch.device | str = _CPU,
 ) -> PrivacyStep:
     """Trains `model` in place with DP-SGD and returns the privacy it spent.
 
     Poisson sampling, per-sample clipping to `max_grad_norm`, Gaussian noise σ·`max_grad_norm`,
     BCE-with-logits loss. Batches left empty by Poisson sampling still take a (noise-only) step,
     as the accounting assumes. Sampling and noise come from generators seeded by `seed`, so the
-    same model, data and seed give the same weights. Afterwards `model` holds the trained weights
+    same model, data, seed and device give the same weights, in every `grad_sample_mode` up to
+    rounding. Training runs on `device`; afterwards `model` holds the trained weights on the CPU
     and carries no Opacus hooks or attributes, so it can be trained again next round.
     `delta` is recorded in the returned step as the δ the round was planned at.
     """
     _require_positive_finite("noise_multiplier", noise_multiplier)
     _require_positive_finite("max_grad_norm", max_grad_norm)
     _require_delta(delta)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _require_seed(seed)
+    mode, on = GradSampleMode(grad_sample_mode), torch.device(device)
     inputs, targets = tensors_from_arrays(features=features, labels=labels)
     sampling_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
     plain_loader = DataLoader(
@@ -361,36 +464,26 @@ def train_dp(
     planned_sample_rate = sample_rate_for(n_rows=len(targets), batch_size=training.batch_size)
     engine = PrivacyEngine(accountant=Accountant(accountant).value)
     # Opacus refuses modules in eval mode; the caller's mode comes back afterwards.
-    with _restoring_mode(model):
-        private_module, private_optimizer, private_loader = engine.make_private(
-            module=model,
-            optimizer=torch.optim.SGD(model.parameters(), lr=training.learning_rate),
-            data_loader=plain_loader,
+    with _restoring_mode(model), _on_device(model, on):
+        private = _make_private(
+            engine,
+            model,
+            plain_loader,
+            learning_rate=training.learning_rate,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=_seeded_generator(noise_seed),
-            grad_sample_mode=grad_sample_mode,
+            noise_generator=_seeded_generator(noise_seed, on),
+            mode=mode,
         )
         try:
-            if private_loader.sample_rate != planned_sample_rate:
-                raise RuntimeError(
-                    f"Opacus samples at q={private_loader.sample_rate} but sample_rate_for "
-                    f"planned q={planned_sample_rate}: the plan would not match the spend"
-                )
+            _check_sample_rate(private.loader, planned=planned_sample_rate)
             with _without_first_layer_hook_warning():
                 for _ in range(training.local_epochs):
-                    for batch_inputs, batch_targets in private_loader:
-                        private_optimizer.zero_grad()
-                        logits = binary_logits(private_module, batch_inputs)
-                        # On an empty batch the mean loss is NaN but every per-sample gradient
-                        # is empty, so the step adds noise only; it must run, as q assumes.
-                        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch_targets)
-                        torch.autograd.backward(loss)
-                        private_optimizer.step()
+                    for batch_inputs, batch_targets in private.loader:
+                        private.step(batch_inputs.to(on), batch_targets.to(on))
         finally:
-            private_optimizer.zero_grad()
-            private_module.cleanup()
+            private.optimizer.zero_grad()
+            private.module.cleanup()
             _remove_opacus_residue(model)
     return PrivacyStep(
         sample_rate=planned_sample_rate,
@@ -399,6 +492,14 @@ def train_dp(
         delta=delta,
         accountant=Accountant(accountant),
     )
+
+
+def _check_sample_rate(loader: DPDataLoader, *, planned: float) -> None:
+    if loader.sample_rate != planned:
+        raise RuntimeError(
+            f"Opacus samples at q={loader.sample_rate} but sample_rate_for planned q={planned}: "
+            "the plan would not match the spend"
+        )
 
 
 def _noised_steps(engine: PrivacyEngine) -> int:
@@ -416,10 +517,13 @@ def train_plain(
     labels: LabelArray,
     training: TrainingSettings,
     seed: int,
+    device: torch.device | str = _CPU,
 ) -> None:
-    """Non-private baseline: same loss, optimizer and epochs, with shuffled fixed-size batches."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    """Non-private baseline: same loss, optimizer and epochs, with shuffled fixed-size batches.
+
+    Trains on `device`; the trained weights come back on the CPU, as `train_dp`'s do."""
+    _require_seed(seed)
+    on = torch.device(device)
     inputs, targets = tensors_from_arrays(features=features, labels=labels)
     loader = DataLoader(
         TensorDataset(inputs, targets),
@@ -427,13 +531,13 @@ def train_plain(
         shuffle=True,
         generator=_seeded_generator(np.random.SeedSequence(seed)),
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=training.learning_rate)
-    with _restoring_mode(model):
+    with _restoring_mode(model), _on_device(model, on):
+        optimizer = torch.optim.SGD(model.parameters(), lr=training.learning_rate)
         for _ in range(training.local_epochs):
             for batch_inputs, batch_targets in loader:
                 optimizer.zero_grad()
                 loss = nn.functional.binary_cross_entropy_with_logits(
-                    binary_logits(model, batch_inputs), batch_targets
+                    binary_logits(model, batch_inputs.to(on)), batch_targets.to(on)
                 )
                 torch.autograd.backward(loss)
                 optimizer.step()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NODE_CONFIG_KEYS = ("hospital", "data-path", "state-dir", "policy-path")
-OPTIONAL_NODE_CONFIG_KEYS = ("dataset-id", "portal-url")
+OPTIONAL_NODE_CONFIG_KEYS = ("dataset-id", "portal-url", "device")
+# Where DP-SGD runs: the CPU, or a CUDA GPU (torch device names).
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 LEDGER_FILE = "privacy-ledger.sqlite3"
 # The node's portal token: this variable when set, else this file in the state directory.
 TOKEN_VARIABLE = "COHORT_NODE_TOKEN"  # noqa: S105 - the variable's name, not a token
@@ -37,6 +40,7 @@ class NodeSettings:
     policy_path: Path
     dataset_id: str
     portal_url: str | None = None
+    device: str = "cpu"
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, object]) -> NodeSettings:
@@ -50,6 +54,9 @@ class NodeSettings:
         portal_url = str(node_config.get("portal-url") or "").strip() or None
         if portal_url is not None:
             _check_portal_url(portal_url)
+        device = str(node_config.get("device") or "cpu")
+        if not DEVICE.fullmatch(device):
+            raise NodeConfigError(f'device must be "cpu", "cuda" or "cuda:N", got {device!r}')
         return cls(
             hospital=str(node_config["hospital"]),
             data_path=data_path,
@@ -58,6 +65,7 @@ class NodeSettings:
             # The ledger accounts per dataset; by default a dataset is its file.
             dataset_id=str(node_config.get("dataset-id") or data_path.stem),
             portal_url=portal_url,
+            device=device,
         )
 
     @classmethod
@@ -98,6 +106,8 @@ class NodeSettings:
         }
         if self.portal_url:
             pairs["portal-url"] = self.portal_url
+        if self.device != "cpu":
+            pairs["device"] = self.device
         # JSON string escaping is valid TOML basic-string syntax.
         return "".join(f"{key} = {json.dumps(value)}\n" for key, value in pairs.items())
 
@@ -201,4 +211,7 @@ dataset-id = "patients"
 # reports its ledger and readiness to it. The node's token comes from $COHORT_NODE_TOKEN, else
 # from the file portal-token in state-dir (mode 0600).
 portal-url = "https://cohort.example.org"
+
+# Where DP-SGD trains: "cpu" (the default), or a GPU: "cuda" or "cuda:N".
+device = "cpu"
 """

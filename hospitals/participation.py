@@ -20,7 +20,15 @@ from typing import TypeVar
 import numpy as np
 from torch import nn
 
-from crypto import CryptoError, EncryptedUpdate, SecretContext, decrypt_mean, encrypt_update
+from crypto import (
+    CryptoError,
+    Quantization,
+    SecretContext,
+    ValueRangeError,
+    encrypt_packed,
+    encrypt_update,
+)
+from crypto.codec import Update, decrypt_weighted_mean, is_packed, read_update
 from hospitals.consent import (
     ConsentBasis,
     ConsentSource,
@@ -31,7 +39,6 @@ from hospitals.data import DataError, LocalDataset, load_dataset, split_holdout
 from hospitals.dp import (
     PrivacyStep,
     epsilon_of,
-    plan_round,
     train_dp,
 )
 from hospitals.evaluation import Metrics, evaluate
@@ -39,6 +46,7 @@ from hospitals.keys import MissingStudyKeyError, load_study_key
 from hospitals.ledger import BudgetExceededError, PrivacyLedger
 from hospitals.models import build_model, get_flat_parameters, parameter_count, set_flat_parameters
 from hospitals.node import NodeSettings, node_logger
+from hospitals.plans import remembered_plan
 from hospitals.policy import NodePolicy, PolicyError, load_policy
 from hospitals.protocol import StudyProtocol
 
@@ -46,6 +54,9 @@ MAX_GLOBAL_STATE_BYTES = 1 << 30
 PUBLISHED_ROW_GRANULARITY = 10
 # Slack for float error when comparing a run's ε with the study's target.
 TARGET_TOLERANCE = 1e-3
+# Packed updates quantize every model value within ±8: DP-SGD models on features scaled to
+# [-1, 1] stay far inside it, and a value outside refuses the round rather than being clipped.
+UPDATE_QUANTIZATION = Quantization(clip=8.0)
 
 T = TypeVar("T")
 
@@ -66,6 +77,8 @@ class RoundRequest:
     protocol: StudyProtocol
     global_state: bytes | None
     final: bool = False
+    # Rows that count as weight 1 in a packed update: public, set by the aggregator per round.
+    weight_unit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,7 +193,8 @@ def train_round(
     prepared = prepare(node, request, consent=consent)
     model = _global_model(prepared.key, request, n_features=protocol.schema.n_features)
     ledger = PrivacyLedger(node.ledger_path)
-    planned = plan_round(
+    planned = remembered_plan(
+        node.state_dir,
         privacy=protocol.privacy,
         training=protocol.training,
         rounds=protocol.rounds,
@@ -199,13 +213,14 @@ def train_round(
         delta=protocol.privacy.delta,
         seed=_round_seed(protocol, node.hospital, request.round_number),
         accountant=protocol.privacy.accountant,
+        device=node.device,
     )
     train_seconds = time.perf_counter() - started
-    update = encrypt_update(
-        prepared.key, values=get_flat_parameters(model), weight=len(prepared.train)
+    update = _encrypted_update(
+        prepared.key, get_flat_parameters(model), rows=len(prepared.train), request=request
     )
     return TrainOutcome(
-        update=update.to_bytes(),
+        update=update,
         step=planned,
         run_epsilon=_run_epsilon(ledger, node, request),
         rows_rounded=published_rows(len(prepared.train)),
@@ -228,6 +243,31 @@ def evaluate_round(
         rows_rounded=published_rows(len(prepared.holdout)),
         consent=prepared.consent.label,
     )
+
+
+def _encrypted_update(
+    key: SecretContext, values: np.ndarray, *, rows: int, request: RoundRequest
+) -> bytes:
+    try:
+        update = encrypt_model(key, values, rows=rows, weight_unit=request.weight_unit)
+    except ValueRangeError as error:
+        raise RoundRefusedError("update-out-of-range", str(error)) from error
+    return update.to_bytes()
+
+
+def encrypt_model(
+    key: SecretContext, values: np.ndarray, *, rows: int, weight_unit: int | None
+) -> Update:
+    """A trained model encrypted in the study's format, weighted by its training rows.
+
+    A packed weight is a share of the round's public weight unit, at most 1 (a hospital that grew
+    past the unit since it was set counts as one unit). Without a unit, as in round 1 of a run
+    started without a preflight, every hospital weighs the same.
+    """
+    if not is_packed(key.params):
+        return encrypt_update(key, values=values, weight=rows)
+    share = 1.0 if weight_unit is None else min(1.0, rows / weight_unit)
+    return encrypt_packed(key, values=values, weight=share, quantization=UPDATE_QUANTIZATION)
 
 
 def published_rows(count: int) -> int:
@@ -342,13 +382,13 @@ def _global_model(key: SecretContext, request: RoundRequest, *, n_features: int)
     if request.global_state is None:
         return model
     try:
-        state = EncryptedUpdate.from_bytes(
+        state = read_update(
             request.global_state,
             context=key,
             expected_length=parameter_count(model),
             max_bytes=MAX_GLOBAL_STATE_BYTES,
         )
-        set_flat_parameters(model, decrypt_mean(key, state).mean)
+        set_flat_parameters(model, decrypt_weighted_mean(key, state).mean)
     except CryptoError as error:
         raise RoundRefusedError(
             "invalid-global-state", f"the global model could not be decrypted: {error}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,10 @@ from typing import Any
 from crypto import AggregatorContext, CryptoError
 
 DEFAULT_MAX_UPDATE_MIB = 512
+# A round's weight unit leaves room above the largest published cohort: for consents granted
+# between rounds, and for the rounding of published counts (to 10 rows).
+WEIGHT_UNIT_MARGIN = 1.25
+WEIGHT_UNIT_MIN_ROWS = 10
 
 
 class ConfigError(ValueError):
@@ -34,6 +39,8 @@ class AggregatorConfig:
     max_update_bytes: int
     results_url: str = ""
     results_token: str = ""
+    # Round 1's weight unit for packed updates (later rounds derive theirs); None: equal weights.
+    weight_unit: int | None = None
 
     @property
     def reports_to_portal(self) -> bool:
@@ -80,7 +87,21 @@ class AggregatorConfig:
             max_update_bytes=int(run_config.get("max-update-mib", DEFAULT_MAX_UPDATE_MIB)) << 20,
             results_url=results_url,
             results_token=results_token,
+            weight_unit=_weight_unit(run_config),
         )
+
+
+def weight_unit_for(published_rows: Iterable[int]) -> int:
+    """The rows that weigh 1 in the next round's packed updates: a public bound just above the
+    largest cohort, so that every hospital's share (rows / unit) stays at most 1 and large."""
+    return max(WEIGHT_UNIT_MIN_ROWS, math.ceil(max(published_rows) * WEIGHT_UNIT_MARGIN))
+
+
+def _weight_unit(run_config: Mapping[str, Any]) -> int | None:
+    value = run_config.get("weight-unit", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"run config 'weight-unit' must be a row count (0: none), got {value!r}")
+    return value or None
 
 
 def _required_str(run_config: Mapping[str, Any], key: str) -> str:

@@ -13,15 +13,25 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 
 from aggregator import wire
-from aggregator.config import AggregatorConfig
+from aggregator.config import AggregatorConfig, weight_unit_for
 from aggregator.results import HospitalRound, ResultsSink, RoundResult
-from crypto import AggregatorContext, CryptoError, EncryptedUpdate, sum_updates
+from crypto import AggregatorContext, CryptoError
+from crypto.codec import Update, add_updates, read_update
 
 NODE_POLL_INTERVAL_S = 0.5
+REPLY_POLL_INTERVAL_S = 0.1
 
 
 class RunFailedError(Exception):
@@ -31,7 +41,7 @@ class RunFailedError(Exception):
 @dataclass(frozen=True)
 class Contribution:
     node_id: int
-    update: EncryptedUpdate
+    update: Update
     report: HospitalRound
 
 
@@ -64,11 +74,14 @@ def run_study(grid: Grid, config: AggregatorConfig, sink: ResultsSink) -> None:
     names = HospitalNames()
     seen: set[int] = set()
     global_state: bytes | None = None
+    weight_unit = config.weight_unit
     for round_number in range(1, config.rounds + 1):
         started = time.monotonic()
         wait_timeout = config.join_timeout_s if round_number == 1 else 0.0
         nodes = await_hospitals(grid, minimum=config.min_hospitals, timeout_s=wait_timeout)
-        content = round_content(config, round_number=round_number, global_state=global_state)
+        content = round_content(
+            config, round_number=round_number, global_state=global_state, weight_unit=weight_unit
+        )
         replies = exchange(grid, nodes, wire.TRAIN, content, round_number, config.round_timeout_s)
         for reply in replies:
             names.learn(reply)
@@ -78,8 +91,9 @@ def run_study(grid: Grid, config: AggregatorConfig, sink: ResultsSink) -> None:
         )
         seen.update(nodes)
         require_quorum(round_number, contributions, dropped, config.min_hospitals)
-        total = sum_updates(config.he_context, [c.update for c in contributions])
+        total = add_updates(config.he_context, [c.update for c in contributions])
         global_state = total.to_bytes()
+        weight_unit = weight_unit_for(c.report.rows_rounded for c in contributions)
         evaluations = evaluate(grid, config, contributions, global_state, round_number, names)
         sink.round_completed(
             RoundResult(
@@ -112,18 +126,24 @@ def await_hospitals(grid: Grid, *, minimum: int, timeout_s: float) -> list[int]:
 
 
 def round_content(
-    config: AggregatorConfig, *, round_number: int, global_state: bytes | None, final: bool = False
+    config: AggregatorConfig,
+    *,
+    round_number: int,
+    global_state: bytes | None,
+    final: bool = False,
+    weight_unit: int | None = None,
 ) -> RecordDict:
+    round_config: dict[str, ConfigRecordValues] = {
+        "study_id": config.study_id,
+        "round": round_number,
+        "rounds": config.rounds,
+        "protocol": config.protocol_json,
+        "final": final,
+    }
+    if weight_unit is not None:
+        round_config["weight_unit"] = weight_unit
     records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
-        wire.ROUND_CONFIG: ConfigRecord(
-            {
-                "study_id": config.study_id,
-                "round": round_number,
-                "rounds": config.rounds,
-                "protocol": config.protocol_json,
-                "final": final,
-            }
-        )
+        wire.ROUND_CONFIG: ConfigRecord(round_config)
     }
     if global_state is not None:
         records[wire.GLOBAL_STATE] = blob_record(global_state)
@@ -159,7 +179,20 @@ def exchange(
         )
         for node in nodes
     ]
-    return list(grid.send_and_receive(messages, timeout=timeout_s))
+    # Grid.send_and_receive would do the same, but pulls every 3 s (flwr 1.41,
+    # superlink/grid/http_grid.py): up to 3 s lost twice per round, for a pull that costs one
+    # loopback request.
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout_s
+    replies: list[Message] = []
+    while pending:
+        pulled = list(grid.pull_messages(pending))
+        replies.extend(pulled)
+        pending.difference_update(reply.metadata.reply_to_message_id for reply in pulled)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(REPLY_POLL_INTERVAL_S)
+    return replies
 
 
 def collect_contributions(
@@ -200,7 +233,7 @@ def refusal_reason(reply: Message) -> str:
 
 
 def parse_contribution(reply: Message, hospital: str, config: AggregatorConfig) -> Contribution:
-    update = EncryptedUpdate.from_bytes(
+    update = read_update(
         blob_of(reply, wire.UPDATE), context=config.he_context, max_bytes=config.max_update_bytes
     )
     report = reply.content.metric_records[wire.TRAIN_REPORT]

@@ -10,13 +10,13 @@ TRAIN: Final = "train"
 EVALUATE: Final = "evaluate"
 
 # Sent by the aggregator.
-ROUND_CONFIG: Final = "round"  # ConfigRecord: study, round number, protocol JSON, final flag
+ROUND_CONFIG: Final = "round"  # ConfigRecord: study, round, protocol JSON, final flag, weight unit
 GLOBAL_STATE: Final = (
     "global"  # ArrayRecord: the encrypted sum of the previous round (absent in round 1)
 )
 
 # Sent back by hospitals.
-UPDATE: Final = "update"  # ArrayRecord: the hospital's encrypted [n·w, n]
+UPDATE: Final = "update"  # ArrayRecord: the hospital's encrypted weighted model and weight
 TRAIN_REPORT: Final = "train-report"  # MetricRecord: ε, DP parameters, rows (rounded), seconds
 EVAL_REPORT: Final = "eval-report"  # MetricRecord: loss, accuracy, ROC AUC, rows
 IDENTITY: Final = "identity"  # ConfigRecord: hospital name, protocol hash, accountant

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crypto import CkksParams, SecretContext
+from aggregator.config import weight_unit_for
+from crypto import PACKED_PARAMS, CkksParams, SecretContext
 from federation.deployment import HospitalNodeSpec
 from hospitals.demo_data import (
     BREAST_CANCER_SCHEMA,
@@ -18,6 +19,7 @@ from hospitals.demo_data import (
 )
 from hospitals.keys import save_study_key
 from hospitals.node import NodeSettings
+from hospitals.participation import published_rows
 from hospitals.protocol import StudyProtocol, canonical_json
 
 STUDY_ID = "breast-cancer-demo"
@@ -35,6 +37,8 @@ class DemoSettings:
     # With a portal, nodes pull the study's consent from it every round; without one (engine
     # tests), their policy cites DEMO_CONSENT_WAIVER instead.
     portal_url: str | None = None
+    # Packed updates (1x float32 on the wire); CkksParams() gives one value per slot instead.
+    he_params: CkksParams = PACKED_PARAMS
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,12 @@ class Consortium:
     protocol: StudyProtocol
     key: SecretContext
     hospitals: list[HospitalNodeSpec]
+
+    def first_weight_unit(self) -> int:
+        """Round 1's weight unit for packed updates, as a preflight would set it: from each
+        hospital's rows, which bound its training rows."""
+        rows = [len(spec.data_path.read_text().splitlines()) - 1 for spec in self.hospitals]
+        return weight_unit_for(published_rows(count) for count in rows)
 
     @property
     def nodes(self) -> dict[str, NodeSettings]:
@@ -99,15 +109,18 @@ def demo_protocol(settings: DemoSettings, *, key: SecretContext) -> dict[str, An
 DEMO_CONSENT_WAIVER = "synthetic and public demo data: no per-patient consent applies"
 
 
-def node_policy_toml(*, max_lifetime_epsilon: float, consent_waiver: str = "") -> str:
-    """A demo node policy; an empty `consent_waiver` makes the node use the portal's consent."""
+def node_policy_toml(
+    *, study_id: str, max_lifetime_epsilon: float, consent_waiver: str = ""
+) -> str:
+    """A demo node policy allowing `study_id` only; an empty `consent_waiver` makes the node use
+    the portal's consent."""
     return (
         f"max_lifetime_epsilon = {max_lifetime_epsilon}\n"
         "delta = 1e-5\n"
         'accountant = "rdp"\n'
         "min_cohort_size = 50\n"
         "require_he = true\n"
-        f'allowed_studies = ["{STUDY_ID}"]\n'
+        f"allowed_studies = [{json.dumps(study_id)}]\n"
         f"consent_waiver = {json.dumps(consent_waiver)}\n"
     )
 
@@ -119,7 +132,7 @@ def prepare_consortium(settings: DemoSettings) -> Consortium:
     files = write_breast_cancer_demo(out_dir=settings.out_dir / "data", seed=settings.seed)
     # One hospital generates the study key; in a deployment it reaches the others sealed to their
     # public keys. Here all nodes live on one machine, so the demo hands it over directly.
-    key = SecretContext.generate(params=CkksParams())
+    key = SecretContext.generate(params=settings.he_params)
     protocol = StudyProtocol.from_dict(demo_protocol(settings, key=key))
     hospitals = []
     consent_exports: dict[str, Path] = {}
@@ -130,7 +143,8 @@ def prepare_consortium(settings: DemoSettings) -> Consortium:
         policy_path = state_dir / "policy.toml"
         waiver = "" if settings.portal_url else DEMO_CONSENT_WAIVER
         policy_path.write_text(
-            node_policy_toml(max_lifetime_epsilon=10.0, consent_waiver=waiver), encoding="utf-8"
+            node_policy_toml(study_id=STUDY_ID, max_lifetime_epsilon=10.0, consent_waiver=waiver),
+            encoding="utf-8",
         )
         if settings.portal_url:
             consent_exports[name] = write_consent_export(

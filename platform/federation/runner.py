@@ -36,6 +36,7 @@ class StudyRequest:
     join_timeout_s: int = 120
     results_url: str = ""
     results_token: str = ""
+    weight_unit: int = 0  # round 1's weight unit for packed updates, e.g. from the preflight
 
 
 @dataclass
@@ -62,6 +63,7 @@ def write_run_config(request: StudyRequest, path: Path) -> Path:
         "he-context": base64.b64encode(request.aggregator_context).decode("ascii"),
         "results-path": str(request.results_path.resolve()),
         "join-timeout-s": request.join_timeout_s,
+        "weight-unit": request.weight_unit,
     }
     if request.results_url or request.results_token:
         values["results-url"] = request.results_url

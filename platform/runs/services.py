@@ -28,6 +28,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import serializers
 
+from aggregator.config import weight_unit_for
 from core.audit import audit_record
 from core.errors import (
     ConflictError,
@@ -39,8 +40,10 @@ from core.tokens import IssuedToken, issue_token
 from federation.control import ControlError, FlowerControl, RunStatus
 from federation.deployment import flower_environment
 from federation.runner import StudyRequest, write_run_config
+from hospitals.participation import published_rows
 from hospitals.protocol import canonical_json
 from institutions.models import Institution, Membership
+from privacy.models import RunPreflight
 from privacy.services import preflight_record, preflight_require
 from runs.authentication import RUN_TOKEN_KIND
 from runs.models import HospitalRound, ModelRelease, ReleaseApproval, Round, Run
@@ -356,6 +359,14 @@ def _rotate_token(run: Run) -> IssuedToken:
     return token
 
 
+def _first_weight_unit(run: Run) -> int:
+    """Round 1's weight unit, from the consented training rows the preflight saw (0: none)."""
+    preflight = RunPreflight.objects.filter(run=run).first()
+    projected = preflight.projection.get("hospitals", []) if preflight else []
+    rows = [published_rows(row["rows_train"]) for row in projected if row.get("rows_train")]
+    return weight_unit_for(rows) if rows else 0
+
+
 def _submit(run: Run, token: IssuedToken, control: Control) -> int:
     study = run.study
     runs_dir = Path(settings.COHORT_FLWR_HOME) / "portal-runs"
@@ -367,6 +378,7 @@ def _submit(run: Run, token: IssuedToken, control: Control) -> int:
         join_timeout_s=JOIN_TIMEOUT_S,
         results_url=events_url(run),
         results_token=token.raw,
+        weight_unit=_first_weight_unit(run),
     )
     config_path = runs_dir / f"run-{run.pk}.run-config.toml"
     # The file holds the run's raw token: owner-only, and gone once Flower has read it.

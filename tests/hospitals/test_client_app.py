@@ -5,9 +5,9 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from demo.setup import DEMO_CONSENT_WAIVER, node_policy_toml
+from federation.inprocess import InProcessGrid
 from hospitals import wire
 from hospitals.protocol import canonical_json
-from tests.inprocess import InProcessGrid
 
 
 def ask(consortium, message_type: str) -> Message:
@@ -45,7 +45,9 @@ def test_train_and_evaluate_replies_carry_consent_and_conversion(make_consortium
 
 def test_a_node_without_consent_refuses_and_publishes_no_consent(make_consortium):
     consortium = make_consortium(rounds=1)
-    consortium.hospitals[0].policy_path.write_text(node_policy_toml(max_lifetime_epsilon=10.0))
+    consortium.hospitals[0].policy_path.write_text(
+        node_policy_toml(study_id=consortium.protocol.study_id, max_lifetime_epsilon=10.0)
+    )
 
     reply = ask(consortium, wire.TRAIN)
 

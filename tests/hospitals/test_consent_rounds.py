@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crypto import EncryptedUpdate, decrypt_mean, encrypt_update
+from crypto.codec import decrypt_weighted_mean, read_update
 from demo.setup import STUDY_ID, Consortium, node_policy_toml
 from hospitals import participation
 from hospitals.consent import (
@@ -31,7 +31,9 @@ from hospitals.demo_data import BREAST_CANCER_SCHEMA
 from hospitals.keys import save_study_key
 from hospitals.node import TOKEN_VARIABLE, NodeSettings
 from hospitals.participation import (
+    UPDATE_QUANTIZATION,
     RoundRefusedError,
+    encrypt_model,
     evaluate_round,
     prepare,
     train_round,
@@ -40,6 +42,9 @@ from hospitals.portal_client import PortalClient
 from tests.hospitals.fake_portal import TOKEN, FakePortal, running
 from tests.hospitals.test_participation import node_of, request
 
+# Without a weight unit every packed update has weight 1: the decrypted values lie within the
+# quantization bound of one update.
+QUANTIZATION_BOUND = UPDATE_QUANTIZATION.error_bound([1.0])
 MAX_RADIUS = next(c.maximum for c in BREAST_CANCER_SCHEMA.features if c.name == "mean_radius")
 
 
@@ -59,7 +64,9 @@ def consented_node(
     save_study_key(state / "keys", study_id=STUDY_ID, context=consortium.key)
     policy_path = directory / "policy.toml"
     policy_path.write_text(
-        policy if policy is not None else node_policy_toml(max_lifetime_epsilon=10.0)
+        policy
+        if policy is not None
+        else node_policy_toml(study_id=STUDY_ID, max_lifetime_epsilon=10.0)
     )
     node = NodeSettings(
         hospital=base.hospital,
@@ -111,21 +118,19 @@ def poisoned(make_consortium, tmp_path):
 def encrypted_plaintexts(monkeypatch):
     """The exact parameters each train_round encrypts."""
     captured: list[np.ndarray] = []
-    real = participation.encrypt_update
+    real = participation.encrypt_model
 
-    def spy(key, *, values, weight):
+    def spy(key, values, **weighting):
         captured.append(np.array(values, copy=True))
-        return real(key, values=values, weight=weight)
+        return real(key, values, **weighting)
 
-    monkeypatch.setattr(participation, "encrypt_update", spy)
+    monkeypatch.setattr(participation, "encrypt_model", spy)
     return captured
 
 
 def decrypted(consortium: Consortium, update: bytes, length: int) -> np.ndarray:
-    state = EncryptedUpdate.from_bytes(
-        update, context=consortium.key, expected_length=length, max_bytes=1 << 30
-    )
-    return decrypt_mean(consortium.key, state).mean
+    state = read_update(update, context=consortium.key, expected_length=length, max_bytes=1 << 30)
+    return decrypt_weighted_mean(consortium.key, state).mean
 
 
 def test_withdrawn_patients_leave_no_trace_in_the_update(poisoned, tmp_path, encrypted_plaintexts):
@@ -149,10 +154,16 @@ def test_withdrawn_patients_leave_no_trace_in_the_update(poisoned, tmp_path, enc
     # What the ciphertexts carry is those parameters (CKKS adds ~1e-12 of noise).
     length = len(consent_params)
     np.testing.assert_allclose(
-        decrypted(consortium, by_consent.update, length), consent_params, rtol=0, atol=1e-9
+        decrypted(consortium, by_consent.update, length),
+        consent_params,
+        rtol=0,
+        atol=QUANTIZATION_BOUND,
     )
     np.testing.assert_allclose(
-        decrypted(consortium, by_removal.update, length), removal_params, rtol=0, atol=1e-9
+        decrypted(consortium, by_removal.update, length),
+        removal_params,
+        rtol=0,
+        atol=QUANTIZATION_BOUND,
     )
     # The withdrawn rows' signal is real: with them the model is another one.
     assert with_them.rows_rounded > by_consent.rows_rounded
@@ -166,7 +177,7 @@ def test_evaluation_leaves_withdrawn_patients_out_too(poisoned, tmp_path):
     everyone = consented_node(consortium, tmp_path / "everyone", data_path=full)
     model = np.linspace(-0.5, 0.5, 31)
     model[1] = 2.0  # leans on mean_radius, where the withdrawn rows sit at the maximum
-    state = encrypt_update(consortium.key, values=model, weight=1.0).to_bytes()
+    state = encrypt_model(consortium.key, model, rows=1, weight_unit=None).to_bytes()
     evaluation = request(consortium, 1, global_state=state)
 
     by_consent = evaluate_round(filtered, evaluation, consent=granting(filtered, kept_ids))
@@ -314,7 +325,9 @@ def test_a_waiver_uses_every_row_and_says_so(make_consortium, tmp_path):
     node = consented_node(
         consortium,
         tmp_path / "node",
-        policy=node_policy_toml(max_lifetime_epsilon=10.0, consent_waiver=waiver),
+        policy=node_policy_toml(
+            study_id=STUDY_ID, max_lifetime_epsilon=10.0, consent_waiver=waiver
+        ),
         secret=False,
     )
     # A source that would refuse everything: the policy's waiver decides, not the source.

@@ -1,4 +1,5 @@
 import copy
+from typing import Any
 
 import numpy as np
 import pytest
@@ -9,13 +10,16 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 from torch import nn
 
+from hospitals import dp as dp_module
 from hospitals.dp import (
     Accountant,
     DpSettings,
+    GradSampleMode,
     PrivacyStep,
     TrainingSettings,
     epsilon_of,
     plan_noise_multiplier,
+    plan_round,
     sample_rate_for,
     steps_per_round,
     train_dp,
@@ -39,6 +43,14 @@ def logistic_model(seed: int = 0) -> nn.Linear:
     return nn.Linear(N_FEATURES, 1)
 
 
+def mlp_model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(N_FEATURES, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+MODELS = {"logistic": logistic_model, "mlp": mlp_model}
+
+
 def weights_of(model: nn.Module) -> list[torch.Tensor]:
     return [parameter.detach().clone() for parameter in model.parameters()]
 
@@ -53,8 +65,11 @@ def private_training(
     n_rows: int = 300,
     training: TrainingSettings | None = None,
     noise_multiplier: float = 0.8,
+    max_grad_norm: float = 1.0,
     seed: int = 7,
     accountant: Accountant = Accountant.RDP,
+    grad_sample_mode: GradSampleMode = GradSampleMode.GHOST,
+    device: str = "cpu",
 ) -> PrivacyStep:
     features, labels = separable_data(n_rows)
     return train_dp(
@@ -63,10 +78,12 @@ def private_training(
         labels=labels,
         training=training or TrainingSettings(local_epochs=2, batch_size=30, learning_rate=0.5),
         noise_multiplier=noise_multiplier,
-        max_grad_norm=1.0,
+        max_grad_norm=max_grad_norm,
         delta=DELTA,
         seed=seed,
         accountant=accountant,
+        grad_sample_mode=grad_sample_mode,
+        device=device,
     )
 
 
@@ -194,6 +211,34 @@ def test_planning_refuses_a_budget_no_noise_can_meet() -> None:
     dp = DpSettings(target_epsilon=0.01, delta=DELTA, max_grad_norm=1.0)
     with pytest.raises(ValueError, match="raise the budget"):
         plan_noise_multiplier(dp=dp, sample_rate=1.0, total_steps=1000)
+
+
+def test_planning_equal_inputs_again_does_not_ask_the_accountant_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    searches: list[dict[str, object]] = []
+    search = dp_module.get_noise_multiplier
+
+    def counted(**arguments: Any) -> float:
+        searches.append(arguments)
+        return float(search(**arguments))
+
+    monkeypatch.setattr(dp_module, "get_noise_multiplier", counted)
+
+    def plan(rounds: int) -> PrivacyStep:
+        # Inputs no other test plans, and fresh (equal, not identical) settings every call.
+        return plan_round(
+            privacy=DpSettings(target_epsilon=2.345, delta=DELTA, max_grad_norm=1.0),
+            training=TrainingSettings(local_epochs=1, batch_size=25, learning_rate=0.1),
+            rounds=rounds,
+            n_rows=500,
+        )
+
+    first = plan(rounds=7)
+    assert plan(rounds=7) == first
+    assert len(searches) == 1
+    assert plan(rounds=8).noise_multiplier > first.noise_multiplier  # more steps, more noise
+    assert len(searches) == 2
 
 
 def test_published_mnist_figure_is_reproduced() -> None:
@@ -328,40 +373,159 @@ def test_more_noise_gives_different_weights() -> None:
     assert not same_weights(quiet, noisy)
 
 
-def test_train_dp_updates_the_callers_module_and_leaves_it_clean() -> None:
-    model = logistic_model()
+@pytest.mark.parametrize("mode", list(GradSampleMode))
+def test_train_dp_updates_the_callers_module_and_leaves_it_clean(mode: GradSampleMode) -> None:
+    model = mlp_model()
     untouched = copy.deepcopy(model)
     model.eval()
     parameters_before = list(model.parameters())
 
-    private_training(model)
+    private_training(model, grad_sample_mode=mode)
 
     assert not same_weights(model, untouched)
     assert all(a is b for a, b in zip(model.parameters(), parameters_before, strict=True))
     assert not model.training  # the caller's mode is restored
     for parameter in model.parameters():
-        assert vars(parameter) == {}  # no grad_sample, summed_grad, _forward_counter, ...
+        assert vars(parameter) == {}  # no grad_sample, summed_grad, _norm_sample, ...
         assert parameter.grad is None
-    assert vars(model).keys() == vars(untouched).keys()  # no activations, hook lists, ...
-    assert not model._forward_hooks and not model._backward_hooks
-    assert model._is_full_backward_hook is untouched._is_full_backward_hook
+    for module, fresh in zip(model.modules(), untouched.modules(), strict=True):
+        assert vars(module).keys() == vars(fresh).keys()  # no activations, hook lists, ...
+        assert not module._forward_hooks and not module._backward_hooks
+        assert module._is_full_backward_hook is fresh._is_full_backward_hook
 
     after_first_round = weights_of(model)
-    private_training(model, seed=8)  # Opacus refuses to hook a module twice: this proves cleanup
+    # Opacus refuses to hook a module twice: this proves cleanup
+    private_training(model, seed=8, grad_sample_mode=mode)
     assert not all(
         torch.equal(a, b) for a, b in zip(after_first_round, weights_of(model), strict=True)
     )
 
 
-def test_empty_poisson_batches_take_a_noise_only_step() -> None:
+@pytest.mark.parametrize("mode", list(GradSampleMode))
+def test_empty_poisson_batches_take_a_noise_only_step(mode: GradSampleMode) -> None:
     model = RecordingLogistic()
     training = TrainingSettings(local_epochs=5, batch_size=1, learning_rate=0.1)
 
-    spent = private_training(model, n_rows=4, training=training, seed=3)
+    spent = private_training(model, n_rows=4, training=training, seed=3, grad_sample_mode=mode)
 
     assert 0 in model.batch_sizes  # Poisson sampling at q=1/4 did draw empty batches
     assert spent.steps == 20 == len(model.batch_sizes)
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+
+
+def clipped_mean_gradient(
+    model: nn.Module, *, features: np.ndarray, labels: np.ndarray, max_grad_norm: float
+) -> tuple[list[torch.Tensor], int]:
+    """DP-SGD's gradient without noise, row by row: each row's loss gradient scaled by Opacus'
+    clip factor C / (‖g‖ + 1e-6) where that is below 1, summed, divided by the batch size.
+    Also returns how many rows were clipped."""
+    parameters = list(model.parameters())
+    total = [torch.zeros_like(parameter) for parameter in parameters]
+    clipped = 0
+    for row, label in zip(torch.as_tensor(features), torch.as_tensor(labels), strict=True):
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            model(row[None]).reshape(1), label.reshape(1).float()
+        )
+        gradients = torch.autograd.grad(loss, parameters)
+        norm = float(torch.sqrt(sum(gradient.square().sum() for gradient in gradients)))
+        scale = min(1.0, max_grad_norm / (norm + 1e-6))
+        clipped += int(scale < 1.0)
+        for accumulated, gradient in zip(total, gradients, strict=True):
+            accumulated += scale * gradient
+    return [accumulated / len(labels) for accumulated in total], clipped
+
+
+@pytest.mark.parametrize("mode", list(GradSampleMode))
+@pytest.mark.parametrize("architecture", list(MODELS))
+def test_every_mode_steps_by_the_clipped_mean_gradient(
+    architecture: str, mode: GradSampleMode
+) -> None:
+    # One step over every row (q = 1), learning rate 1 and negligible noise: the weights move by
+    # minus the mean of the clipped per-row gradients, however Opacus computed the clipping.
+    features, labels = separable_data(16)
+    model = MODELS[architecture]()
+    expected, clipped = clipped_mean_gradient(
+        copy.deepcopy(model), features=features, labels=labels, max_grad_norm=1.0
+    )
+    before = weights_of(model)
+
+    spent = train_dp(
+        model,
+        features=features,
+        labels=labels,
+        training=TrainingSettings(local_epochs=1, batch_size=16, learning_rate=1.0),
+        noise_multiplier=1e-9,
+        max_grad_norm=1.0,
+        delta=DELTA,
+        seed=0,
+        accountant=Accountant.RDP,
+        grad_sample_mode=mode,
+    )
+
+    assert 0 < clipped < len(labels)  # the bound binds for some rows, not all
+    assert (spent.steps, spent.sample_rate) == (1, 1.0)
+    for old, new, gradient in zip(before, weights_of(model), expected, strict=True):
+        torch.testing.assert_close(old - new, gradient, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("architecture", list(MODELS))
+def test_ghost_clipping_trains_and_spends_as_hooks_do(architecture: str) -> None:
+    # Same seed: same Poisson batches and the same noise draws, so only rounding may differ.
+    ghost, hooks = MODELS[architecture](), MODELS[architecture]()
+
+    ghost_spent = private_training(ghost, grad_sample_mode=GradSampleMode.GHOST)
+    hooks_spent = private_training(hooks, grad_sample_mode=GradSampleMode.HOOKS)
+
+    assert ghost_spent == hooks_spent
+    assert ghost_spent.steps == 20
+    assert epsilon_of([ghost_spent], delta=DELTA, accountant=Accountant.RDP) == epsilon_of(
+        [hooks_spent], delta=DELTA, accountant=Accountant.RDP
+    )
+    for left, right in zip(weights_of(ghost), weights_of(hooks), strict=True):
+        torch.testing.assert_close(left, right, rtol=1e-5, atol=1e-6)
+
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.is_available() is false here"
+)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("mode", list(GradSampleMode))
+def test_train_dp_on_cuda_matches_the_cpu_and_returns_cpu_weights(mode: GradSampleMode) -> None:
+    # Poisson sampling is seeded on the CPU either way; the noise generator lives on the device
+    # and draws other numbers there, so the noise is made negligible to compare weights.
+    on_cpu, on_cuda = mlp_model(), mlp_model()
+    parameters_before = list(on_cuda.parameters())
+
+    cpu_spent = private_training(on_cpu, noise_multiplier=1e-9, grad_sample_mode=mode)
+    cuda_spent = private_training(
+        on_cuda, noise_multiplier=1e-9, grad_sample_mode=mode, device="cuda"
+    )
+
+    assert cuda_spent == cpu_spent
+    assert all(a is b for a, b in zip(on_cuda.parameters(), parameters_before, strict=True))
+    for parameter in on_cuda.parameters():
+        assert parameter.device.type == "cpu"
+        assert vars(parameter) == {}
+    for left, right in zip(weights_of(on_cuda), weights_of(on_cpu), strict=True):
+        torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_train_plain_on_cuda_matches_the_cpu() -> None:
+    features, labels = separable_data(300)
+    training = TrainingSettings(local_epochs=2, batch_size=30, learning_rate=0.5)
+    on_cpu, on_cuda = mlp_model(), mlp_model()
+
+    train_plain(on_cpu, features=features, labels=labels, training=training, seed=1)
+    train_plain(on_cuda, features=features, labels=labels, training=training, seed=1, device="cuda")
+
+    for left, right in zip(weights_of(on_cuda), weights_of(on_cpu), strict=True):
+        assert left.device.type == "cpu"
+        torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-5)
 
 
 def test_train_dp_with_the_prv_accountant_reports_prv() -> None:

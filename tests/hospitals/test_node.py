@@ -32,8 +32,10 @@ def test_the_template_documents_every_key_and_loads(tmp_path):
         "policy-path",
         "dataset-id",
         "portal-url",
+        "device",
     }
     assert node.portal_url == "https://cohort.example.org"
+    assert node.device == "cpu"
     assert node.outbound_log_path == Path("/srv/cohort/state/outbound.jsonl")
 
 
@@ -45,6 +47,7 @@ def test_the_file_reads_as_flower_reads_it(tmp_path):
         policy_path=tmp_path / "policy.toml",
         dataset_id="a/breast",
         portal_url="http://127.0.0.1:8000",
+        device="cuda:1",
     )
     path = write(tmp_path, settings.to_toml())
 
@@ -58,7 +61,7 @@ def test_portal_url_is_optional(tmp_path):
         write(tmp_path, 'hospital = "h"\ndata-path = "d.csv"\nstate-dir = "s"\npolicy-path = "p"\n')
     )
 
-    assert node.portal_url is None and node.dataset_id == "d"
+    assert node.portal_url is None and node.dataset_id == "d" and node.device == "cpu"
 
 
 @pytest.mark.parametrize(
@@ -72,6 +75,10 @@ def test_portal_url_is_optional(tmp_path):
             'hospital = "h"\ndata-path = "d"\nstate-dir = "s"\npolicy-path = "p"\n'
             'portal-url = "ftp://x"\n',
             "portal-url must be an https://",
+        ),
+        (
+            'hospital = "h"\ndata-path = "d"\nstate-dir = "s"\npolicy-path = "p"\ndevice = "gpu"\n',
+            'device must be "cpu", "cuda" or "cuda:N"',
         ),
     ],
 )

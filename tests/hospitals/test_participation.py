@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crypto import SecretContext, encrypt_update
+from crypto import SecretContext
 from demo.setup import DEMO_CONSENT_WAIVER, Consortium
 from hospitals.ledger import PrivacyLedger
 from hospitals.node import NodeSettings
-from hospitals.participation import RoundRefusedError, RoundRequest, train_round
+from hospitals.participation import RoundRefusedError, RoundRequest, encrypt_model, train_round
 
 
 def node_of(consortium: Consortium, index: int = 0) -> NodeSettings:
@@ -84,12 +84,13 @@ def test_invalid_local_data_is_refused_without_quoting_it(make_consortium):
 def test_a_global_state_under_another_key_is_refused(make_consortium):
     consortium = make_consortium(rounds=2)
     stranger = SecretContext.generate(params=consortium.key.params)
-    forged = encrypt_update(stranger, values=np.zeros(31), weight=1.0).to_bytes()
+    forged = encrypt_model(stranger, np.zeros(31), rows=1, weight_unit=None).to_bytes()
 
     with pytest.raises(RoundRefusedError) as refusal:
         train_round(node_of(consortium), request(consortium, 2, global_state=forged))
 
     assert refusal.value.code == "invalid-global-state"
+    assert "another study" in refusal.value.reason
 
 
 def test_a_cohort_below_the_policy_minimum_is_refused(make_consortium):

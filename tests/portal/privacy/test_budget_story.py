@@ -73,7 +73,11 @@ def test_the_third_run_is_refused_at_preflight_and_a_stale_mirror_meets_the_node
     hospital_a = nodes["hospital-a"]
     cap = room_for_two_runs(consortium, hospital_a)
     hospital_a.policy_path.write_text(
-        node_policy_toml(max_lifetime_epsilon=cap, consent_waiver=DEMO_CONSENT_WAIVER)
+        node_policy_toml(
+            study_id=consortium.protocol.study_id,
+            max_lifetime_epsilon=cap,
+            consent_waiver=DEMO_CONSENT_WAIVER,
+        )
     )
     study = approved_study(
         consortium, seed_hospitals(consortium, admin=User.objects.create_superuser("admin"))

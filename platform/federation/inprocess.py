@@ -1,7 +1,11 @@
-"""An in-process stand-in for Flower's Grid that delivers messages to the real ClientApp.
+"""A federation in one process: the real round loop and real ClientApp handlers, no transport.
 
-The round loop, the ClientApp and the crypto run for real; only the transport is skipped, so
-round logic can be tested in seconds. Integration tests cover the real SuperLink and SuperNodes.
+A harness for tests and benchmarks, never imported by the product. `InProcessGrid` stands in for
+Flower's Grid: a ServerApp's round loop sends messages through it, and each is handed straight to
+a ClientApp with the node config its SuperNode would pass. The round logic, the ClientApp, DP-SGD
+and the crypto run for real; only Flower's processes and messaging are skipped, so a study runs in
+seconds. `federation.deployment.LocalFederation` runs the same apps on a real SuperLink and
+SuperNodes.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
 from federation.deployment import HospitalNodeSpec
-from hospitals.client_app import app as client_app
+from hospitals.client_app import app as hospital_app
 
 RUN_ID = 4242
 
@@ -33,10 +38,16 @@ def node_config(spec: HospitalNodeSpec) -> dict[str, bool | float | int | str]:
 
 @dataclass
 class InProcessGrid:
+    """The Grid methods a round loop calls (get_node_ids, push_messages and pull_messages, or
+    send_and_receive), delivering to `client_app`: the hospitals' own unless a benchmark passes
+    another."""
+
     hospitals: list[HospitalNodeSpec]
+    client_app: ClientApp = hospital_app
     hooks: dict[str, ReplyHook] = field(default_factory=dict)
     sent: list[Message] = field(default_factory=list)
     received: list[Message] = field(default_factory=list)
+    _unpulled: dict[str, Message] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Messages need a run and a sender identity, which Flower sets in its own processes.
@@ -50,6 +61,20 @@ class InProcessGrid:
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Delivers each message now; its reply waits for `pull_messages`."""
+        message_ids = []
+        for message in messages:
+            # Flower's Grid names a message by its object id when it pushes it (http_grid.py).
+            message.metadata.__dict__["_message_id"] = message.object_id
+            message_ids.append(message.metadata.message_id)
+            for reply in self.send_and_receive([message]):
+                self._unpulled[message.metadata.message_id] = reply
+        return message_ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._unpulled.pop(i) for i in list(message_ids) if i in self._unpulled]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -65,7 +90,7 @@ class InProcessGrid:
                 state=RecordDict(),
                 run_config={},
             )
-            reply = client_app(message, context)
+            reply = self.client_app(message, context)
             hook = self.hooks.get(spec.hospital)
             delivered = hook(reply) if hook else reply
             if delivered is not None:
