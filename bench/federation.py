@@ -1,11 +1,18 @@
-"""Measures 4 and 7: framework overhead per round and how a real federation scales.
+"""Measures 2, 4 and 7: HE round vs plaintext round, framework overhead per round, and how a real
+federation scales.
 
 A real local Flower deployment (one SuperLink, one SuperNode per hospital, each a separate process
-tree) runs a logistic regression study with DP-SGD and CKKS on synthetic hospitals. From each
-round the aggregator reports: its wall time (`seconds`) and each hospital's own training time
-(`train_seconds`). The framework's overhead is what the round costs beyond the slowest hospital's
-training: `seconds − max(train_seconds)`: process start-up, messaging, HE encryption and
-aggregation, evaluation. Meanwhile a sampler records each SuperNode's process tree RSS.
+tree) runs a study with DP-SGD and CKKS on synthetic hospitals. From each round the aggregator
+reports: its wall time (`seconds`) and each hospital's own training time (`train_seconds`).
+
+Overhead and scale (logistic regression): the framework's overhead is what the round costs beyond
+the slowest hospital's training, `seconds − max(train_seconds)`: process start-up, messaging, HE
+encryption and aggregation, evaluation. Meanwhile a sampler records each hospital's RSS: its
+SuperNode, its ClientApp launcher and the tasks the launcher forked.
+
+HE vs plaintext (an MLP of about a million parameters): on the same SuperNodes, the same study runs
+as the product's app and then as the plaintext baseline of bench/plaintext (the same round work
+with the model in the clear); the ratio of their median round times is what HE costs a round.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,26 +32,23 @@ from typing import Any
 import psutil
 from matplotlib.figure import Figure
 
+from bench import plaintext
+from bench.consortium import SyntheticCohort, synthetic_consortium
 from bench.core import SuiteResult, Table
-from crypto import CkksParams, SecretContext
-from demo.setup import (
-    DEMO_CONSENT_WAIVER,
-    STUDY_ID,
-    DemoSettings,
-    demo_protocol,
-    node_policy_toml,
-)
-from federation.deployment import HospitalNodeSpec, LocalFederation
-from federation.runner import StudyRequest, run_and_follow
-from hospitals.keys import save_study_key
-from hospitals.protocol import StudyProtocol, canonical_json
-from hospitals.synthetic import SYNTHETIC_SCHEMA, write_federation
+from demo.setup import Consortium, DemoSettings
+from federation.control import APP_DIR
+from federation.deployment import LocalFederation
+from federation.runner import RunOutcome, StudyRequest, follow, write_run_config
+from hospitals.models import ModelSpec, build_model, parameter_count
+from hospitals.protocol import canonical_json
 
+STUDY_ID = "bench-federation"
 # (hospitals, rounds). 30 hospitals is left out: on 2 cores a 10-hospital round took ~170 s (a
 # ClientApp start per message), so 30 hospitals would take ~25 min; add (30, 2) on a bigger machine.
 FULL_CASES = ((3, 3), (10, 3))
 QUICK_CASES = ((2, 1),)
 ROWS_PER_HOSPITAL = 300
+TEST_ROWS = 100
 SEED = 11
 OVERHEAD_GOAL_S = 0.5
 OVERHEAD_GOAL_HOSPITALS = 10
@@ -53,11 +59,27 @@ RSS_SAMPLE_S = 0.5
 MIB = 2**20
 
 
+@dataclass(frozen=True)
+class ComparisonCase:
+    """HE vs plaintext: the catalog MLP with these hidden layers, on the synthetic hospitals."""
+
+    hospitals: int
+    rounds: int
+    hidden: tuple[int, ...]
+
+
+# The issue's case: 10 hospitals, an MLP of 1,061,889 parameters on the 10 synthetic features.
+# Two rounds at least, so that the medians leave out round 1's start-up.
+FULL_COMPARISON = ComparisonCase(hospitals=10, rounds=3, hidden=(1024, 1024))
+QUICK_COMPARISON = ComparisonCase(hospitals=3, rounds=2, hidden=(64,))
+
+
 @dataclass
 class RssSampler:
-    """Samples each SuperNode's process tree (node + ClientApps it spawned) in the background."""
+    """Samples each hospital's processes in the background: its SuperNode, its launcher and the
+    ClientApp tasks the launcher forked."""
 
-    pids: dict[str, int]
+    pids: dict[str, tuple[int, ...]]
     peaks: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -73,8 +95,8 @@ class RssSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            for hospital, pid in self.pids.items():
-                rss = tree_rss(pid)
+            for hospital, roots in self.pids.items():
+                rss = sum(tree_rss(pid) for pid in roots)
                 self.peaks[hospital] = max(self.peaks.get(hospital, 0), rss)
             self._stop.wait(RSS_SAMPLE_S)
 
@@ -94,6 +116,13 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def later_median(rounds: Sequence[dict[str, Any]], key: str) -> float | None:
+    """The median over rounds 2 onwards (round 1 also waits for processes to start), or over
+    round 1 when it is the only one."""
+    later = [r[key] for r in rounds[1:]] or [r[key] for r in rounds]
+    return statistics.median(later) if later else None
+
+
 @dataclass(frozen=True)
 class ScaleResult:
     hospitals: int
@@ -102,94 +131,110 @@ class ScaleResult:
     startup_s: float
     total_s: float
 
-    def _median(self, key: str) -> float | None:
-        later = [r[key] for r in self.rounds[1:]] or [r[key] for r in self.rounds]
-        return statistics.median(later) if later else None
-
     @property
     def median_seconds(self) -> float | None:
-        return self._median("seconds")
+        return later_median(self.rounds, "seconds")
 
     @property
     def median_slowest_train(self) -> float | None:
-        return self._median("slowest_train_s")
+        return later_median(self.rounds, "slowest_train_s")
 
     @property
     def median_overhead(self) -> float | None:
-        return self._median("overhead_s")
+        return later_median(self.rounds, "overhead_s")
 
     @property
     def max_peak_rss_mib(self) -> float | None:
         return max(self.peak_rss_mib.values()) if self.peak_rss_mib else None
 
 
-def prepare(
-    out_dir: Path, *, hospitals: int, rounds: int, key: SecretContext
-) -> tuple[StudyProtocol, list[HospitalNodeSpec]]:
-    """Synthetic data, the shared study key and a waiver policy per hospital, as the demo does."""
+@dataclass(frozen=True)
+class Comparison:
+    """The same study's rounds under HE and in the clear (bench/plaintext)."""
+
+    case: ComparisonCase
+    parameters: int
+    he: list[dict[str, Any]]
+    plaintext: list[dict[str, Any]]
+
+    @property
+    def ratio(self) -> float | None:
+        he, clear = later_median(self.he, "seconds"), later_median(self.plaintext, "seconds")
+        return None if he is None or not clear else he / clear
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "hospitals": self.case.hospitals,
+            "hidden": list(self.case.hidden),
+            "parameters": self.parameters,
+            "he_to_plaintext_round_ratio": self.ratio,
+            **{
+                side: {
+                    "median_round_s": later_median(rounds, "seconds"),
+                    "median_slowest_train_s": later_median(rounds, "slowest_train_s"),
+                    "rounds": rounds,
+                }
+                for side, rounds in (("he", self.he), ("plaintext", self.plaintext))
+            },
+        }
+
+
+def bench_consortium(
+    workdir: Path, *, hospitals: int, rounds: int, model: ModelSpec | None = None
+) -> Consortium:
     settings = DemoSettings(
-        out_dir=out_dir,
+        out_dir=workdir,
         rounds=rounds,
         min_hospitals=hospitals,
         round_timeout_s=ROUND_TIMEOUT_S,
         seed=SEED,
     )
-    protocol = StudyProtocol.from_dict(
-        {**demo_protocol(settings, key=key), "schema": SYNTHETIC_SCHEMA.to_dict()}
-    )
-    paths = write_federation(
-        out_dir=out_dir / "data",
-        n_hospitals=hospitals,
-        rows_per_hospital=ROWS_PER_HOSPITAL,
-        seed=SEED,
-        test_rows=100,
-    )
-    policy = node_policy_toml(max_lifetime_epsilon=10.0, consent_waiver=DEMO_CONSENT_WAIVER)
-    specs = []
-    for data_path in paths:
-        name = data_path.stem
-        state_dir = out_dir / "nodes" / name
-        save_study_key(state_dir / "keys", study_id=STUDY_ID, context=key)
-        policy_path = state_dir / "policy.toml"
-        policy_path.write_text(policy, encoding="utf-8")
-        specs.append(
-            HospitalNodeSpec(
-                hospital=name,
-                data_path=data_path,
-                state_dir=state_dir,
-                policy_path=policy_path,
-                dataset_id=f"{name}/synthetic",
-            )
-        )
-    return protocol, specs
+    cohort = SyntheticCohort(rows=(ROWS_PER_HOSPITAL,) * hospitals, test_rows=TEST_ROWS)
+    return synthetic_consortium(settings, study_id=STUDY_ID, cohort=cohort, model=model)
 
 
-def measure(workdir: Path, *, hospitals: int, rounds: int, key: SecretContext) -> ScaleResult:
-    protocol, specs = prepare(workdir, hospitals=hospitals, rounds=rounds, key=key)
-    request = StudyRequest(
-        protocol_json=canonical_json(protocol.document),
-        aggregator_context=key.aggregator_context().to_bytes(),
-        results_path=workdir / "results.jsonl",
+def study_request(consortium: Consortium, results_path: Path) -> StudyRequest:
+    return StudyRequest(
+        protocol_json=canonical_json(consortium.protocol.document),
+        aggregator_context=consortium.key.aggregator_context().to_bytes(),
+        results_path=results_path,
         join_timeout_s=int(CONNECT_TIMEOUT_S),
+        weight_unit=consortium.first_weight_unit(),
     )
-    began = time.monotonic()
-    federation = LocalFederation(workdir=workdir / "federation", hospitals=specs)
+
+
+@contextmanager
+def started(workdir: Path, consortium: Consortium) -> Iterator[LocalFederation]:
+    federation = LocalFederation(workdir=workdir / "federation", hospitals=consortium.hospitals)
     try:
         federation.start(connect_timeout_s=CONNECT_TIMEOUT_S)
-        started = time.monotonic()
-        sampler = RssSampler({name: p.pid for name, p in federation.supernodes.items()})
-        sampler.start()
-        try:
-            outcome = run_and_follow(federation.control, request, timeout_s=RUN_TIMEOUT_S)
-        finally:
-            sampler.stop()
+        yield federation
     finally:
         federation.stop()
+
+
+def run_app(federation: LocalFederation, request: StudyRequest, *, app_dir: Path) -> RunOutcome:
+    """Run the study as the app whose manifest is in `app_dir` (federation.runner.run_and_follow
+    always submits the product's), to its end; raise if it failed."""
+    request.results_path.unlink(missing_ok=True)
+    run_config = write_run_config(request, request.results_path.with_suffix(".run-config.toml"))
+    run_id = federation.control.submit(run_config, app_dir=app_dir)
+    outcome = follow(
+        federation.control,
+        run_id,
+        request.results_path,
+        on_event=lambda event: None,
+        timeout_s=RUN_TIMEOUT_S,
+    )
     if not outcome.status.succeeded:
         raise RuntimeError(
-            f"federation run with {hospitals} hospitals failed: {outcome.failure_reason}; "
-            f"logs in {workdir / 'federation' / 'logs'}"
+            f"{app_dir.parent.name} run with {len(federation.hospitals)} hospitals failed: "
+            f"{outcome.failure_reason}; logs in {federation.workdir / 'logs'}"
         )
+    return outcome
+
+
+def round_figures(outcome: RunOutcome) -> list[dict[str, Any]]:
     per_round = []
     for event in outcome.rounds:
         trains = {h["hospital"]: float(h["train_seconds"]) for h in event["hospitals"]}
@@ -201,34 +246,80 @@ def measure(workdir: Path, *, hospitals: int, rounds: int, key: SecretContext) -
                 "slowest_train_s": slowest,
                 "overhead_s": float(event["seconds"]) - slowest,
                 "participants": len(event["participants"]),
+                "update_bytes": max(h["bytes_up"] for h in event["hospitals"]),
                 "train_s": trains,
             }
         )
+    return per_round
+
+
+def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
+    consortium = bench_consortium(workdir, hospitals=hospitals, rounds=rounds)
+    request = study_request(consortium, workdir / "results.jsonl")
+    began = time.monotonic()
+    with started(workdir, consortium) as federation:
+        startup_s = time.monotonic() - began
+        sampler = RssSampler(
+            {
+                name: (node.pid, federation.launchers[name].pid)
+                for name, node in federation.supernodes.items()
+            }
+        )
+        sampler.start()
+        try:
+            outcome = run_app(federation, request, app_dir=APP_DIR)
+        finally:
+            sampler.stop()
     return ScaleResult(
         hospitals=hospitals,
-        rounds=per_round,
+        rounds=round_figures(outcome),
         peak_rss_mib={name: rss / MIB for name, rss in sorted(sampler.peaks.items())},
-        startup_s=started - began,
+        startup_s=startup_s,
         total_s=time.monotonic() - began,
+    )
+
+
+def compare(workdir: Path, case: ComparisonCase) -> Comparison:
+    """Both apps on one federation, HE first: same consortium, data, model, DP and rounds."""
+    model = ModelSpec(name="mlp", hyperparameters={"hidden": case.hidden})
+    consortium = bench_consortium(
+        workdir, hospitals=case.hospitals, rounds=case.rounds, model=model
+    )
+    protocol = consortium.protocol
+    with plaintext.loadable(), started(workdir, consortium) as federation:
+        he = run_app(federation, study_request(consortium, workdir / "he.jsonl"), app_dir=APP_DIR)
+        clear = run_app(
+            federation,
+            study_request(consortium, workdir / "plaintext.jsonl"),
+            app_dir=plaintext.APP_DIR,
+        )
+    return Comparison(
+        case=case,
+        parameters=parameter_count(
+            build_model(protocol.model, n_features=protocol.schema.n_features, seed=protocol.seed)
+        ),
+        he=round_figures(he),
+        plaintext=round_figures(clear),
     )
 
 
 def run(*, quick: bool) -> SuiteResult:
     cases = QUICK_CASES if quick else FULL_CASES
-    key = SecretContext.generate(params=CkksParams())
-    results = []
     root = Path(tempfile.mkdtemp(prefix="cohort-bench-federation-"))
-    for hospitals, rounds in cases:
-        workdir = root / f"n{hospitals}"
-        results.append(measure(workdir, hospitals=hospitals, rounds=rounds, key=key))
+    results = [
+        measure(root / f"n{hospitals}", hospitals=hospitals, rounds=rounds)
+        for hospitals, rounds in cases
+    ]
+    comparison = compare(root / "he-vs-plaintext", QUICK_COMPARISON if quick else FULL_COMPARISON)
     shutil.rmtree(root, ignore_errors=True)  # kept after a failure: its logs say why
     return SuiteResult(
         name="federation",
-        tables=[overhead_table(results)],
+        tables=[overhead_table(results), comparison_table(comparison)],
         figures={
             "rows_per_hospital": ROWS_PER_HOSPITAL,
             "model": "logistic_regression",
             "cases": [figures(result) for result in results],
+            "he_vs_plaintext": comparison.figures(),
         },
         plots={"federation-overhead.png": overhead_plot(results)},
     )
@@ -294,12 +385,12 @@ def overhead_table(results: list[ScaleResult]) -> Table:
             "hospital, every process on this one machine.",
             "Medians are over rounds 2 onwards; round 1 (shown apart) also waits for the "
             "ServerApp and first ClientApps to start.",
-            "The overhead is dominated by process start-up: Flower starts a fresh ClientApp "
-            "process per message (a train and an evaluate message per hospital per round), each "
-            "importing torch, opacus and tenseal; with many hospitals on few cores these starts "
-            "queue for CPU, so overhead grows with the number of hospitals.",
-            "Peak RSS: the highest, over hospitals, of a SuperNode's process tree (the node and "
-            f"the ClientApps it spawned), sampled every {RSS_SAMPLE_S} s.",
+            "Each ClientApp task is forked from a warm launcher (cohort-launcher), not started "
+            "fresh. What remains is mostly Flower's polling: a SuperNode sleeps 3 s whenever it "
+            "finds no message (flwr 1.41), and checks for its task's reply every 0.5 s; a round "
+            "has two such exchanges per hospital (train, evaluate).",
+            "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
+            f"trees (with the forked ClientApp tasks), sampled every {RSS_SAMPLE_S} s.",
             "Start-up s: from launching the processes until every SuperNode is connected.",
             "30 hospitals is not run by default: on 2 CPUs a 10-hospital round already takes "
             "minutes, so 30 would take about 25; add (30, 2) to FULL_CASES on a bigger machine. "
@@ -324,3 +415,48 @@ def overhead_plot(results: list[ScaleResult]) -> Figure:
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
     return figure
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    sides = (comparison.he, comparison.plaintext)
+    update_bytes = [later_median(rounds, "update_bytes") for rounds in sides]
+    return Table(
+        title="HE round vs plaintext round: the same study, with and without CKKS",
+        columns=[
+            "hospitals",
+            "parameters",
+            "rounds",
+            "HE median round s",
+            "plaintext median round s",
+            "HE / plaintext",
+            "HE slowest train s",
+            "plaintext slowest train s",
+            "HE update MiB",
+            "plaintext update MiB",
+        ],
+        rows=[
+            [
+                comparison.case.hospitals,
+                comparison.parameters,
+                len(comparison.he),
+                *(_rounded(later_median(rounds, "seconds")) for rounds in sides),
+                _rounded(comparison.ratio),
+                *(_rounded(later_median(rounds, "slowest_train_s")) for rounds in sides),
+                *(_rounded(None if b is None else b / MIB, 4) for b in update_bytes),
+            ]
+        ],
+        notes=[
+            "One real local federation runs the study twice, HE first: the product's app "
+            "(DP-SGD, CKKS updates summed at the aggregator) and bench/plaintext's baseline (the "
+            "same node checks, data, model, DP-SGD, ledger, evaluation and messages, with float32 "
+            "models averaged by numpy, weighted by rows). The ratio is what HE adds to a round: "
+            "encryption and decryption at each hospital, the ciphertexts' size on the wire, and "
+            "reading and adding them at the aggregator.",
+            f"MLP with hidden layers {list(comparison.case.hidden)}, {ROWS_PER_HOSPITAL} "
+            "synthetic rows per hospital; medians over rounds 2 onwards (round 1 also waits for "
+            "processes to start).",
+            "The issue's case is the full run's: 10 hospitals, about 1M parameters. In the quick "
+            "run the model is tiny and HE's share of a round is small beside messaging and "
+            "process start-up, so its ratio says little.",
+        ],
+    )

@@ -1,9 +1,11 @@
 """Measure 1: HE aggregation vs plaintext aggregation of the same updates.
 
-For each model size and number of hospitals: the update's wire size over float32's, what a
-hospital spends encrypting and decrypting, what the aggregator spends reading and adding the
-ciphertexts next to numpy summing the same float32 updates, and how far the HE mean lies from the
-plaintext mean. The plaintext side exists only here, as the baseline.
+For each model size, number of hospitals and update format (packed: quantized, four values per
+slot; unpacked: one value per slot): the update's wire size over float32's, what a hospital
+spends encrypting and decrypting, what the aggregator spends reading and adding the ciphertexts
+next to numpy summing the same float32 updates, and how far the HE mean lies from the plaintext
+mean (for packed updates, next to the quantization bound). The plaintext side exists only here,
+as the baseline.
 """
 
 from __future__ import annotations
@@ -15,16 +17,11 @@ import numpy as np
 import numpy.typing as npt
 from matplotlib.figure import Figure
 
+from aggregator.config import weight_unit_for
 from bench.core import SuiteResult, Table, Timing, time_it
-from crypto import (
-    CkksParams,
-    EncryptedUpdate,
-    SecretContext,
-    decrypt_mean,
-    encrypt_update,
-    max_update_nbytes,
-    sum_updates,
-)
+from crypto import PACKED_PARAMS, CkksParams, SecretContext, max_packed_nbytes, max_update_nbytes
+from crypto.codec import Update, add_updates, decrypt_weighted_mean, read_update
+from hospitals.participation import UPDATE_QUANTIZATION, encrypt_model
 
 FULL_SIZES = (10_000, 100_000, 1_000_000)
 FULL_HOSPITALS = (3, 10)
@@ -32,12 +29,20 @@ FLOAT32_BYTES = 4
 # Weights as hospitals send them (rows); parameters as trained models have them.
 ROWS_RANGE = (200, 5_000)
 PARAMETER_SCALE = 0.5
+# Study parameters per update format: packed (quantized, four values per slot) or unpacked.
+PARAMS = {True: PACKED_PARAMS, False: CkksParams()}
+FORMATS = {True: "packed", False: "unpacked"}
 
 
 @dataclass(frozen=True)
 class Case:
     parameters: int
     hospitals: int
+    packed: bool
+
+    @property
+    def format(self) -> str:
+        return FORMATS[self.packed]
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class CaseResult:
     he_aggregate: Timing
     plain_aggregate: Timing
     max_abs_error: float
+    error_bound: float | None  # the quantization bound, for packed updates
 
     @property
     def size_ratio(self) -> float:
@@ -74,21 +80,25 @@ def measure(case: Case, *, key: SecretContext, repeats: int) -> CaseResult:
     rng = np.random.default_rng(case.parameters + case.hospitals)
     models, rows = hospital_updates(case, rng)
     aggregator = key.aggregator_context()
-    blobs = [
-        encrypt_update(key, values=model, weight=weight).to_bytes()
-        for model, weight in zip(models, rows, strict=True)
-    ]
-    limit = max_update_nbytes(key.params, length=case.parameters)
+    unit = weight_unit_for(int(r) for r in rows)
 
-    def he_aggregate() -> EncryptedUpdate:
+    def encrypt(index: int) -> Update:
+        return encrypt_model(key, models[index], rows=int(rows[index]), weight_unit=unit)
+
+    blobs = [encrypt(index).to_bytes() for index in range(case.hospitals)]
+    limit = (
+        max_packed_nbytes(case.parameters)
+        if case.packed
+        else max_update_nbytes(key.params, length=case.parameters)
+    )
+
+    def he_aggregate() -> Update:
         # What the ServerApp does: read and check every hospital's bytes, then add.
         updates = [
-            EncryptedUpdate.from_bytes(
-                blob, context=aggregator, expected_length=case.parameters, max_bytes=limit
-            )
+            read_update(blob, context=aggregator, expected_length=case.parameters, max_bytes=limit)
             for blob in blobs
         ]
-        return sum_updates(aggregator, updates)
+        return add_updates(aggregator, updates)
 
     plain_blobs = [
         (model * np.float32(weight)).tobytes() for model, weight in zip(models, rows, strict=True)
@@ -100,34 +110,37 @@ def measure(case: Case, *, key: SecretContext, repeats: int) -> CaseResult:
         return np.asarray(arrays.sum(axis=0, dtype=np.float64) / rows.sum(), dtype=np.float64)
 
     summed = he_aggregate()
-    he_mean = decrypt_mean(key, summed).mean
+    he_mean = decrypt_weighted_mean(key, summed).mean
+    # The target is the rows-weighted mean; packed weights are shares of the unit, quantized.
     plain_mean = np.average(np.stack(models).astype(np.float64), axis=0, weights=rows)
+    shares = [float(r) / unit for r in rows]
     return CaseResult(
         case=case,
         update_bytes=len(blobs[0]),
-        encrypt=time_it(
-            lambda: encrypt_update(key, values=models[0], weight=rows[0]), repeats=repeats
-        ),
-        decrypt=time_it(lambda: decrypt_mean(key, summed), repeats=repeats),
+        encrypt=time_it(lambda: encrypt(0), repeats=repeats),
+        decrypt=time_it(lambda: decrypt_weighted_mean(key, summed), repeats=repeats),
         he_aggregate=time_it(he_aggregate, repeats=repeats),
         plain_aggregate=time_it(plain_aggregate, repeats=max(repeats, 5)),
         max_abs_error=float(np.max(np.abs(he_mean - plain_mean))),
+        error_bound=UPDATE_QUANTIZATION.error_bound(shares) if case.packed else None,
     )
 
 
 def run(*, quick: bool) -> SuiteResult:
-    cases = (
-        [Case(10_000, 3)]
-        if quick
-        else [Case(size, hospitals) for size in FULL_SIZES for hospitals in FULL_HOSPITALS]
-    )
-    key = SecretContext.generate(params=CkksParams())
-    results = [measure(case, key=key, repeats=1 if quick else 3) for case in cases]
+    sizes, hospitals = ((10_000,), (3,)) if quick else (FULL_SIZES, FULL_HOSPITALS)
+    keys = {packed: SecretContext.generate(params=params) for packed, params in PARAMS.items()}
+    results = [
+        measure(Case(size, count, packed), key=keys[packed], repeats=1 if quick else 3)
+        for size in sizes
+        for count in hospitals
+        for packed in PARAMS
+    ]
     return SuiteResult(
         name="he",
         tables=[size_table(results), time_table(results)],
         figures={
-            "params": key.params.to_dict(),
+            "params": {FORMATS[packed]: params.to_dict() for packed, params in PARAMS.items()},
+            "quantization": vars(UPDATE_QUANTIZATION),
             "cases": [figures(result) for result in results],
         },
         plots={"he-aggregation.png": aggregation_plot(results)},
@@ -136,6 +149,7 @@ def run(*, quick: bool) -> SuiteResult:
 
 def figures(result: CaseResult) -> dict[str, Any]:
     return {
+        "format": result.case.format,
         "parameters": result.case.parameters,
         "hospitals": result.case.hospitals,
         "update_bytes": result.update_bytes,
@@ -146,19 +160,24 @@ def figures(result: CaseResult) -> dict[str, Any]:
         "plain_aggregate_s": result.plain_aggregate.to_dict(),
         "aggregate_ratio": result.aggregate_ratio,
         "max_abs_error": result.max_abs_error,
+        "error_bound": result.error_bound,
     }
 
 
 def size_table(results: list[CaseResult]) -> Table:
-    seen: dict[int, CaseResult] = {r.case.parameters: r for r in results}
+    seen = {(r.case.parameters, r.case.format): r for r in results}
     return Table(
         title="HE update size vs float32 (goal: ≤ 4×)",
-        columns=["parameters", "update bytes", "float32 bytes", "× float32"],
+        columns=["parameters", "format", "update bytes", "float32 bytes", "× float32"],
         rows=[
-            [size, r.update_bytes, size * FLOAT32_BYTES, round(r.size_ratio, 2)]
-            for size, r in sorted(seen.items())
+            [size, kind, r.update_bytes, size * FLOAT32_BYTES, round(r.size_ratio, 2)]
+            for (size, kind), r in sorted(seen.items())
         ],
-        notes=["CKKS N=8192, one value per slot; the size does not depend on the hospitals."],
+        notes=[
+            "CKKS N=8192. Unpacked: one value per slot. Packed: four 15-bit values per slot, "
+            "sent as seeded ciphertexts; the summed global model travels at twice that size. "
+            "The size does not depend on the number of hospitals."
+        ],
     )
 
 
@@ -171,22 +190,26 @@ def time_table(results: list[CaseResult]) -> Table:
         title="HE vs plaintext aggregation, seconds: median (min–max)",
         columns=[
             "parameters × hospitals",
+            "format",
             "encrypt (1 hospital)",
             "decrypt (1 hospital)",
             "aggregate HE",
             "aggregate numpy",
             "HE / numpy",
             "max |HE − plain| mean",
+            "quantization bound",
         ],
         rows=[
             [
                 f"{r.case.parameters:,} × {r.case.hospitals}",
+                r.case.format,
                 _seconds(r.encrypt),
                 _seconds(r.decrypt),
                 _seconds(r.he_aggregate),
                 _seconds(r.plain_aggregate),
                 round(r.aggregate_ratio, 1),
                 f"{r.max_abs_error:.1e}",
+                "" if r.error_bound is None else f"{r.error_bound:.1e}",
             ]
             for r in results
         ],
@@ -201,11 +224,19 @@ def aggregation_plot(results: list[CaseResult]) -> Figure:
     figure = Figure(figsize=(6, 3.5))
     axes = figure.add_subplot()
     for hospitals in sorted({r.case.hospitals for r in results}):
-        chosen = [r for r in results if r.case.hospitals == hospitals]
-        sizes = [r.case.parameters for r in chosen]
-        axes.plot(sizes, [r.he_aggregate.median for r in chosen], "o-", label=f"HE, {hospitals}")
+        for packed in PARAMS:
+            chosen = [
+                r for r in results if (r.case.hospitals, r.case.packed) == (hospitals, packed)
+            ]
+            sizes = [r.case.parameters for r in chosen]
+            label = f"HE {chosen[0].case.format}, {hospitals}"
+            axes.plot(sizes, [r.he_aggregate.median for r in chosen], "o-", label=label)
+        plain = [r for r in results if r.case.hospitals == hospitals and r.case.packed]
         axes.plot(
-            sizes, [r.plain_aggregate.median for r in chosen], "s--", label=f"numpy, {hospitals}"
+            [r.case.parameters for r in plain],
+            [r.plain_aggregate.median for r in plain],
+            "s--",
+            label=f"numpy, {hospitals}",
         )
     axes.set(xscale="log", yscale="log", xlabel="parameters", ylabel="aggregation seconds")
     axes.legend(title="hospitals", fontsize="small")

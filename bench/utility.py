@@ -2,7 +2,7 @@
 
 Every federated model comes out of the real engine: the aggregator's round loop sums the CKKS
 updates and the hospitals' ClientApp trains with DP-SGD, with messages delivered in-process
-(tests.inprocess) instead of through Flower's processes. The comparison models are the demo's
+(federation.inprocess) instead of through Flower's processes. The comparison models are the demo's
 (demo.summary.final_comparison): the same training rows, model, epochs and seeds, each hospital
 alone at the study's ε, and one non-private model on all rows pooled. All are scored on the
 dataset's common held-out test set.
@@ -11,7 +11,6 @@ dataset's common held-out test set.
 from __future__ import annotations
 
 import base64
-import json
 import multiprocessing
 import os
 import statistics
@@ -31,24 +30,14 @@ from matplotlib.figure import Figure
 from aggregator.config import AggregatorConfig
 from aggregator.results import JsonlResultsSink, read_events
 from aggregator.rounds import run_study
+from bench.consortium import SyntheticCohort, synthetic_consortium
 from bench.core import Cell, SuiteResult, Table
-from crypto import CkksParams, SecretContext
-from demo.setup import (
-    DEMO_CONSENT_WAIVER,
-    Consortium,
-    DemoSettings,
-    demo_protocol,
-    prepare_consortium,
-)
+from demo.setup import Consortium, DemoSettings, prepare_consortium
 from demo.summary import final_comparison
 from federation.control import RunStatus
-from federation.deployment import HospitalNodeSpec
+from federation.inprocess import RUN_ID, InProcessGrid
 from federation.runner import RunOutcome
-from hospitals.demo_data import DemoFiles
-from hospitals.keys import save_study_key
-from hospitals.protocol import StudyProtocol, canonical_json
-from hospitals.synthetic import SYNTHETIC_SCHEMA, write_federation
-from tests.inprocess import RUN_ID, InProcessGrid
+from hospitals.protocol import canonical_json
 
 BREAST_CANCER = "breast-cancer"
 SYNTHETIC = "synthetic"
@@ -63,17 +52,8 @@ GOAL_GAP_PP = 1.0
 GOAL_GAIN_PP = 3.0
 
 SYNTHETIC_STUDY_ID = "synthetic-utility"
-# Unequal hospitals, as in a real consortium; "shift" is hospitals.synthetic's case-mix knob.
-SYNTHETIC_ROWS = (3000, 2000, 1000)
-SYNTHETIC_TEST_ROWS = 2000
-SYNTHETIC_SHIFT = 1.0
-# The demo's policy pins the demo's study; the synthetic nodes allow their own. Keys left out take
-# NodePolicy's defaults, which are the demo's (δ 1e-5, RDP, 50 rows at least, HE required).
-SYNTHETIC_POLICY = (
-    "max_lifetime_epsilon = 10.0\n"
-    f'allowed_studies = ["{SYNTHETIC_STUDY_ID}"]\n'
-    f"consent_waiver = {json.dumps(DEMO_CONSENT_WAIVER)}\n"
-)
+# Unequal hospitals, as in a real consortium.
+SYNTHETIC_COHORT = SyntheticCohort(rows=(3000, 2000, 1000), test_rows=2000, shift=1.0)
 # Each method's markers are nudged sideways (×, on the log axis) so the error bars stay apart.
 PLOT_METHODS = (("federated", "o", 0.95), ("best_local", "^", 1.0), ("centralized", "s", 1.05))
 PLOT_LABELS = {
@@ -143,9 +123,9 @@ def settings_summary(
     }
     if SYNTHETIC in datasets:
         settings["synthetic"] = {
-            "rows_per_hospital": list(SYNTHETIC_ROWS),
-            "test_rows": SYNTHETIC_TEST_ROWS,
-            "shift": SYNTHETIC_SHIFT,
+            "rows_per_hospital": list(SYNTHETIC_COHORT.rows),
+            "test_rows": SYNTHETIC_COHORT.test_rows,
+            "shift": SYNTHETIC_COHORT.shift,
         }
     return settings
 
@@ -206,11 +186,11 @@ def run_federation(consortium: Consortium, *, results: Path) -> list[dict[str, A
             "protocol": canonical_json(consortium.protocol.document),
             "he-context": base64.b64encode(context).decode(),
             "results-path": str(results),
+            "weight-unit": consortium.first_weight_unit(),
         }
     )
     grid = InProcessGrid(consortium.hospitals)
-    # Not a flwr Grid subclass, but it has the two methods run_study calls (get_node_ids and
-    # send_and_receive).
+    # Not a flwr Grid subclass, but it has the methods run_study calls.
     run_study(grid, config, JsonlResultsSink(results))  # type: ignore[arg-type]
     return read_events(results)
 
@@ -224,55 +204,13 @@ def spent_epsilon(outcome: RunOutcome) -> dict[str, float]:
     return {h["hospital"]: h["epsilon"] for h in outcome.rounds[-1]["hospitals"]}
 
 
-def synthetic_consortium(settings: DemoSettings) -> Consortium:
-    """The demo's protocol and node set-up over hospitals.synthetic's non-IID cohort."""
-    data_dir = settings.out_dir / "data"
-    paths = write_federation(
-        out_dir=data_dir,
-        n_hospitals=len(SYNTHETIC_ROWS),
-        rows_per_hospital=SYNTHETIC_ROWS,
-        seed=settings.seed,
-        test_rows=SYNTHETIC_TEST_ROWS,
-        shift=SYNTHETIC_SHIFT,
-    )
-    key = SecretContext.generate(params=CkksParams())
-    protocol = StudyProtocol.from_dict(
-        {
-            **demo_protocol(settings, key=key),
-            "study_id": SYNTHETIC_STUDY_ID,
-            "schema": SYNTHETIC_SCHEMA.to_dict(),
-        }
-    )
-    return Consortium(
-        files=DemoFiles(
-            hospitals=tuple(paths), test=data_dir / "test.csv", schema=data_dir / "schema.json"
-        ),
-        consent_exports={},
-        protocol=protocol,
-        key=key,
-        hospitals=[synthetic_node(path, settings=settings, key=key) for path in paths],
-    )
-
-
-def synthetic_node(
-    data_path: Path, *, settings: DemoSettings, key: SecretContext
-) -> HospitalNodeSpec:
-    state_dir = settings.out_dir / "nodes" / data_path.stem
-    save_study_key(state_dir / "keys", study_id=SYNTHETIC_STUDY_ID, context=key)
-    policy_path = state_dir / "policy.toml"
-    policy_path.write_text(SYNTHETIC_POLICY, encoding="utf-8")
-    return HospitalNodeSpec(
-        hospital=data_path.stem,
-        data_path=data_path,
-        state_dir=state_dir,
-        policy_path=policy_path,
-        dataset_id=f"{data_path.stem}/synthetic",
-    )
+def utility_consortium(settings: DemoSettings) -> Consortium:
+    return synthetic_consortium(settings, study_id=SYNTHETIC_STUDY_ID, cohort=SYNTHETIC_COHORT)
 
 
 PREPARE: dict[str, Callable[[DemoSettings], Consortium]] = {
     BREAST_CANCER: prepare_consortium,
-    SYNTHETIC: synthetic_consortium,
+    SYNTHETIC: utility_consortium,
 }
 
 

@@ -5,49 +5,32 @@ It proves the suites work; it asserts nothing about speed (figures are for `make
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bench.run import SUITES
+from tests.bench.conftest import QuickRun
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_the_quick_suite_writes_every_suites_figures_tables_and_plots(tmp_path):
-    completed = subprocess.run(  # noqa: S603 - fixed argv
-        [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_the_quick_suite_writes_every_suites_figures_tables_and_plots(quick_run: QuickRun):
+    results = quick_run.results
     assert results["quick"] is True
     assert set(results["suites"]) == set(SUITES)
     assert results["machine"]["cpus"] >= 1
-    report = (tmp_path / "report.md").read_text()
+    report = quick_run.report
     for suite in SUITES:
         assert f"## {suite}" in report
     for image in (
         line.split("(")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")
     ):
-        assert (tmp_path / image).stat().st_size > 0
+        assert (quick_run.out / image).stat().st_size > 0
 
 
-def test_he_figures_compare_the_same_updates():
-    from bench import he
-
-    result = he.run(quick=True)
-    (case,) = result.figures["cases"]
-    assert case["size_ratio_to_float32"] > 1
-    assert case["max_abs_error"] < 1e-6
-    assert case["aggregate_ratio"] > 0
+def test_he_figures_compare_both_formats_on_the_same_updates(quick_run: QuickRun):
+    cases = {case["format"]: case for case in quick_run.figures("he")["cases"]}
+    packed, unpacked = cases["packed"], cases["unpacked"]
+    assert packed["size_ratio_to_float32"] < unpacked["size_ratio_to_float32"] / 5
+    assert unpacked["max_abs_error"] < 1e-6 and unpacked["error_bound"] is None
+    assert 0 < packed["max_abs_error"] <= packed["error_bound"]
+    assert packed["aggregate_ratio"] > 0 and unpacked["aggregate_ratio"] > 0

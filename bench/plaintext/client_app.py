@@ -1,0 +1,112 @@
+"""The hospitals' ClientApp with the model in the clear: the baseline's node.
+
+Each handler is `hospitals.participation`'s round (train_round, evaluate_round) with the crypto
+taken out, built from the product's own pieces: the node's checks, consented rows and split
+(`prepare`), the budget charge, DP-SGD with the planned noise and the round's seed, the
+evaluation, and the hospitals' ClientApp wiring (identity, refusals and reports). Some of these
+are private helpers, reused all the same: a copy would drift from the node it stands in for. The
+model arrives and leaves as float32; the exact training rows travel beside it as its weight.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from bench.plaintext import wire as plain
+from hospitals import wire
+from hospitals.client_app import _evaluate_reply, _handle, _train_reply
+from hospitals.dp import plan_round, train_dp
+from hospitals.evaluation import evaluate as evaluate_model
+from hospitals.ledger import PrivacyLedger
+from hospitals.models import build_model, get_flat_parameters, set_flat_parameters
+from hospitals.node import NodeSettings
+from hospitals.participation import (
+    EvaluationOutcome,
+    RoundRequest,
+    TrainOutcome,
+    _charge,
+    _round_seed,
+    _run_epsilon,
+    prepare,
+    published_rows,
+    save_released_model,
+)
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return _handle(msg, context, train_plaintext)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return _handle(msg, context, evaluate_plaintext)
+
+
+def train_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDict, str]:
+    protocol = request.protocol
+    prepared = prepare(node, request)
+    model = global_model(request)
+    ledger = PrivacyLedger(node.ledger_path)
+    planned = plan_round(
+        privacy=protocol.privacy,
+        training=protocol.training,
+        rounds=protocol.rounds,
+        n_rows=len(prepared.train),
+    )
+    _charge(node, request, ledger, prepared.policy, planned)
+    started = time.perf_counter()
+    train_dp(
+        model,
+        features=prepared.train.features,
+        labels=prepared.train.labels,
+        training=protocol.training,
+        noise_multiplier=planned.noise_multiplier,
+        max_grad_norm=protocol.privacy.max_grad_norm,
+        delta=protocol.privacy.delta,
+        seed=_round_seed(protocol, node.hospital, request.round_number),
+        accountant=protocol.privacy.accountant,
+    )
+    outcome = TrainOutcome(
+        update=plain.to_bytes(get_flat_parameters(model)),
+        step=planned,
+        run_epsilon=_run_epsilon(ledger, node, request),
+        rows_rounded=published_rows(len(prepared.train)),
+        train_seconds=time.perf_counter() - started,
+        consent=prepared.consent.label,
+    )
+    content, consent = _train_reply(outcome)
+    content.metric_records[wire.TRAIN_REPORT][plain.ROWS] = len(prepared.train)
+    return content, consent
+
+
+def evaluate_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDict, str]:
+    prepared = prepare(node, request)
+    model = global_model(request)
+    metrics = evaluate_model(
+        model, features=prepared.holdout.features, labels=prepared.holdout.labels
+    )
+    if request.final:
+        save_released_model(node, request, get_flat_parameters(model))
+    return _evaluate_reply(
+        EvaluationOutcome(
+            metrics=metrics,
+            rows_rounded=published_rows(len(prepared.holdout)),
+            consent=prepared.consent.label,
+        )
+    )
+
+
+def global_model(request: RoundRequest) -> nn.Module:
+    """The protocol's model, initialised from its seed in round 1, else holding the global mean."""
+    protocol = request.protocol
+    model = build_model(protocol.model, n_features=protocol.schema.n_features, seed=protocol.seed)
+    if request.global_state is not None:
+        set_flat_parameters(model, plain.from_bytes(request.global_state))
+    return model

@@ -1,0 +1,163 @@
+"""The aggregator's ServerApp with the model in the clear: the baseline's round loop.
+
+`aggregator.rounds.run_study`'s rounds, messages and reports, from its own pieces (waiting for
+hospitals, round content, exchanges, evaluation parsing, weighted metrics, the results sink), with
+HE's two steps replaced: replies are float32 models averaged here with numpy, weighted by rows,
+and the mean goes back in the clear. A baseline has no drop-outs to survive: every hospital must
+contribute to every round, or the run fails.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from aggregator import wire
+from aggregator.config import AggregatorConfig
+from aggregator.results import HospitalRound, ResultsSink, RoundResult
+from aggregator.rounds import (
+    Evaluation,
+    HospitalNames,
+    RunFailedError,
+    await_hospitals,
+    blob_of,
+    exchange,
+    no_reply_reasons,
+    number,
+    parse_evaluation,
+    refusal_reason,
+    round_content,
+    weighted_metrics,
+    with_metrics,
+)
+from aggregator.server_app import results_sink
+from bench.plaintext import wire as plain
+
+app = ServerApp()
+
+
+@dataclass(frozen=True)
+class PlaintextUpdate:
+    node_id: int
+    parameters: npt.NDArray[np.float32]
+    rows: int
+    report: HospitalRound
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = AggregatorConfig.from_run_config(context.run_config)
+    sink = results_sink(config)
+    try:
+        run_plaintext_study(grid, config, sink)
+    except Exception as error:
+        sink.run_finished(status="failed", reason=str(error))
+        raise
+    sink.run_finished(status="completed")
+
+
+def run_plaintext_study(grid: Grid, config: AggregatorConfig, sink: ResultsSink) -> None:
+    names = HospitalNames()
+    global_model: bytes | None = None
+    for round_number in range(1, config.rounds + 1):
+        started = time.monotonic()
+        updates = train(grid, config, names, round_number, global_model)
+        global_model = plain.to_bytes(weighted_mean(updates))
+        evaluations = evaluate(grid, config, updates, global_model, round_number, names)
+        sink.round_completed(
+            RoundResult(
+                round=round_number,
+                participants=sorted(u.report.hospital for u in updates),
+                dropped={},
+                metrics=weighted_metrics(evaluations),
+                hospitals=sorted(
+                    (with_metrics(u.report, evaluations) for u in updates),
+                    key=lambda report: report.hospital,
+                ),
+                bytes_down=len(global_model),
+                seconds=round(time.monotonic() - started, 3),
+            )
+        )
+
+
+def train(
+    grid: Grid,
+    config: AggregatorConfig,
+    names: HospitalNames,
+    round_number: int,
+    global_model: bytes | None,
+) -> list[PlaintextUpdate]:
+    """Every connected hospital's model, trained from `global_model`, and its weight."""
+    wait_timeout = config.join_timeout_s if round_number == 1 else 0.0
+    nodes = await_hospitals(grid, minimum=config.min_hospitals, timeout_s=wait_timeout)
+    content = round_content(config, round_number=round_number, global_state=global_model)
+    replies = exchange(grid, nodes, wire.TRAIN, content, round_number, config.round_timeout_s)
+    for reply in replies:
+        names.learn(reply)
+    silent = no_reply_reasons(nodes, replies, names, config.round_timeout_s)
+    if silent:
+        reasons = "; ".join(f"{hospital}: {reason}" for hospital, reason in silent.items())
+        raise RunFailedError(f"round {round_number}: {reasons}")
+    return [plaintext_update(reply, names, round_number) for reply in replies]
+
+
+def weighted_mean(updates: Sequence[PlaintextUpdate]) -> npt.NDArray[np.float64]:
+    return np.average(
+        np.stack([u.parameters for u in updates]), axis=0, weights=[u.rows for u in updates]
+    )
+
+
+def plaintext_update(reply: Message, names: HospitalNames, round_number: int) -> PlaintextUpdate:
+    hospital = names[reply.metadata.src_node_id]
+    reason = refusal_reason(reply)
+    if reason:
+        raise RunFailedError(f"round {round_number}: {hospital} {reason}")
+    blob = blob_of(reply, wire.UPDATE)
+    report = reply.content.metric_records[wire.TRAIN_REPORT]
+    identity = reply.content.config_records[wire.IDENTITY]
+    return PlaintextUpdate(
+        node_id=reply.metadata.src_node_id,
+        parameters=plain.from_bytes(blob),
+        rows=int(number(report, plain.ROWS)),
+        # As the HE aggregator publishes it (aggregator.rounds.parse_contribution).
+        report=HospitalRound(
+            hospital=hospital,
+            epsilon=number(report, "epsilon"),
+            noise_multiplier=number(report, "noise_multiplier"),
+            sample_rate=number(report, "sample_rate"),
+            steps=int(number(report, "steps")),
+            delta=number(report, "delta"),
+            accountant=str(identity.get("accountant", "")),
+            epsilon_conversion=str(identity.get("epsilon_conversion", "")),
+            consent=str(identity.get("consent", "")),
+            rows_rounded=int(number(report, "rows_rounded")),
+            bytes_up=len(blob),
+            train_seconds=number(report, "train_seconds"),
+        ),
+    )
+
+
+def evaluate(
+    grid: Grid,
+    config: AggregatorConfig,
+    updates: Sequence[PlaintextUpdate],
+    global_model: bytes,
+    round_number: int,
+    names: HospitalNames,
+) -> list[Evaluation]:
+    content = round_content(
+        config,
+        round_number=round_number,
+        global_state=global_model,
+        final=round_number == config.rounds,
+    )
+    nodes = [u.node_id for u in updates]
+    replies = exchange(grid, nodes, wire.EVALUATE, content, round_number, config.round_timeout_s)
+    evaluations = [parse_evaluation(reply, names[reply.metadata.src_node_id]) for reply in replies]
+    return [evaluation for evaluation in evaluations if evaluation is not None]
