@@ -25,6 +25,7 @@ from federation.control import SCRIPTS_DIR, FlowerControl
 from hospitals.node import NodeSettings
 
 STOP_GRACE_S = 5.0
+SUPERLINK_STATE = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME
 CONNECTION = "local"
 
 # A hospital's SuperNode is described by its node settings alone: the node.toml keys hospital IT
@@ -145,8 +146,11 @@ class LocalFederation:
                 "--insecure",
                 "--port",
                 str(self.port),
+                # Python state in memory, not SQLite on disk: with 30 SuperNodes polling, the
+                # SQLite store answered pushes and pulls "database is locked" and replies were
+                # lost. The deployment lives as long as this object, so nothing needs to persist.
                 "--database",
-                str(self.workdir / "superlink.db"),
+                SUPERLINK_STATE,
                 "--disable-runtime-dependency-installation",
             ],
             log_path=self.workdir / "logs" / "superlink.log",
