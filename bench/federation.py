@@ -392,8 +392,8 @@ def overhead_table(results: list[ScaleResult]) -> Table:
             "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
             f"trees (with the forked ClientApp tasks), sampled every {RSS_SAMPLE_S} s.",
             "Start-up s: from launching the processes until every SuperNode is connected.",
-            "30 hospitals is not run by default: on 2 CPUs a 10-hospital round already takes "
-            "minutes, so 30 would take about 25; add (30, 2) to FULL_CASES on a bigger machine. "
+            "30 hospitals is not run by default: on 2 CPUs its rounds take over a minute and "
+            "start-up 2.5 minutes; add (30, 2) to FULL_CASES on a bigger machine. "
             "The quick run (2 hospitals, 1 round) has round 1 only. Every process shares this "
             "machine's CPUs, so other load on it inflates the overhead.",
         ],

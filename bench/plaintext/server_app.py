@@ -22,15 +22,14 @@ from aggregator import wire
 from aggregator.config import AggregatorConfig
 from aggregator.results import HospitalRound, ResultsSink, RoundResult
 from aggregator.rounds import (
-    Evaluation,
     HospitalNames,
     RunFailedError,
     await_hospitals,
     blob_of,
+    evaluate,
     exchange,
     no_reply_reasons,
     number,
-    parse_evaluation,
     refusal_reason,
     round_content,
     weighted_metrics,
@@ -69,7 +68,8 @@ def run_plaintext_study(grid: Grid, config: AggregatorConfig, sink: ResultsSink)
         started = time.monotonic()
         updates = train(grid, config, names, round_number, global_model)
         global_model = plain.to_bytes(weighted_mean(updates))
-        evaluations = evaluate(grid, config, updates, global_model, round_number, names)
+        nodes = [u.node_id for u in updates]
+        evaluations = evaluate(grid, config, nodes, global_model, round_number, names)
         sink.round_completed(
             RoundResult(
                 round=round_number,
@@ -141,23 +141,3 @@ def plaintext_update(reply: Message, names: HospitalNames, round_number: int) ->
             train_seconds=number(report, "train_seconds"),
         ),
     )
-
-
-def evaluate(
-    grid: Grid,
-    config: AggregatorConfig,
-    updates: Sequence[PlaintextUpdate],
-    global_model: bytes,
-    round_number: int,
-    names: HospitalNames,
-) -> list[Evaluation]:
-    content = round_content(
-        config,
-        round_number=round_number,
-        global_state=global_model,
-        final=round_number == config.rounds,
-    )
-    nodes = [u.node_id for u in updates]
-    replies = exchange(grid, nodes, wire.EVALUATE, content, round_number, config.round_timeout_s)
-    evaluations = [parse_evaluation(reply, names[reply.metadata.src_node_id]) for reply in replies]
-    return [evaluation for evaluation in evaluations if evaluation is not None]

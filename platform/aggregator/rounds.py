@@ -94,7 +94,8 @@ def run_study(grid: Grid, config: AggregatorConfig, sink: ResultsSink) -> None:
         total = add_updates(config.he_context, [c.update for c in contributions])
         global_state = total.to_bytes()
         weight_unit = weight_unit_for(c.report.rows_rounded for c in contributions)
-        evaluations = evaluate(grid, config, contributions, global_state, round_number, names)
+        contributors = [c.node_id for c in contributions]
+        evaluations = evaluate(grid, config, contributors, global_state, round_number, names)
         sink.round_completed(
             RoundResult(
                 round=round_number,
@@ -292,19 +293,19 @@ def require_quorum(
 def evaluate(
     grid: Grid,
     config: AggregatorConfig,
-    contributions: Sequence[Contribution],
+    nodes: Sequence[int],
     global_state: bytes,
     round_number: int,
     names: HospitalNames,
 ) -> list[Evaluation]:
-    """Hospitals decrypt the new global model and evaluate it on their own held-out rows."""
+    """The contributing `nodes` decrypt the new global model and evaluate it on their own
+    held-out rows."""
     content = round_content(
         config,
         round_number=round_number,
         global_state=global_state,
         final=round_number == config.rounds,
     )
-    nodes = [c.node_id for c in contributions]
     replies = exchange(grid, nodes, wire.EVALUATE, content, round_number, config.round_timeout_s)
     evaluations = [parse_evaluation(reply, names[reply.metadata.src_node_id]) for reply in replies]
     return [evaluation for evaluation in evaluations if evaluation is not None]
