@@ -6,7 +6,7 @@ launcher does the SuperExec's job (flwr/supercore/superexec/run_superexec.py) wi
 it imports the ClientApp's modules once, then starts each task with `os.fork()`, and the child runs
 Flower's own `run_clientapp`, the function behind `flwr-clientapp`, on modules already loaded.
 
-    flower-supernode --isolation process --port 9094 ... &
+    cohort-supernode --isolation process --port 9094 ... &
     cohort-launcher --runtime-api-address 127.0.0.1:9094 --insecure --parent-pid $!
 
 Fork safety. The parent never runs a torch op, so no OpenMP pool exists to be inherited broken,
@@ -47,7 +47,14 @@ from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult, Launc
 from flwr.supercore.superexec.plugin import AutoExecPlugin
 from flwr.supercore.tls import validate_and_resolve_root_certificates
 from flwr.supercore.utils import disable_process_dumping
-from flwr.supernode.runtime.run_clientapp import run_clientapp
+from flwr.supernode.runtime import run_clientapp as clientapp_runtime
+
+from hospitals.polling import (
+    DEFAULT_MAX_IDLE_WAIT_S,
+    IdleBackoff,
+    add_max_idle_wait_option,
+    retry_object_pulls_sooner,
+)
 
 # What every task would otherwise import for itself: the ClientApp that
 # platform/federation/app/pyproject.toml names, and torch._dynamo (~190 modules, 0.4 s), which
@@ -55,15 +62,9 @@ from flwr.supernode.runtime.run_clientapp import run_clientapp
 # (flwr/supercore/object_ref.py, load_app) imports a component only when it is not in sys.modules
 # yet, so forked tasks use these imports; a run naming another ClientApp imports it in each task.
 PRELOAD_MODULES = ("hospitals.client_app", "torch._dynamo")
-# Flower reads its SuperExec's interval from FLWR_SUPEREXEC_TASK_POLL_INTERVAL (default 1 s,
-# bounds 0.01–60 s: run_superexec.py). A poll is one loopback HTTP request: measured on 2 cores,
-# an idle SuperNode and launcher cost 24% of a core together at 0.01 s, 9% at 0.05 s and 2.7% at
-# 0.2 s, per hospital. 0.1 s adds 0.05 s per message on average, against the 1.5 s the SuperNode
-# itself waits on average before pulling a message (flwr/supernode/start_client_internal.py sleeps
-# 3 s whenever it found none).
-DEFAULT_POLL_INTERVAL_S = 0.1
-MIN_POLL_INTERVAL_S = 0.01
-MAX_POLL_INTERVAL_S = 60.0
+# Flower's SuperExec asks for a task every FLWR_SUPEREXEC_TASK_POLL_INTERVAL (default 1 s,
+# run_superexec.py). This launcher asks as hospitals/polling.py says: soon after a task, since a
+# round's messages come in bursts, and at most every `--max-idle-wait` while none comes.
 # Between attempts while the SuperNode's Runtime API does not answer (starting or stopping).
 RECONNECT_DELAY_S = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -75,7 +76,7 @@ class LauncherSettings:
     insecure: bool
     root_certificates: str | None  # None with TLS: the system's CAs, as Flower does
     parent_pid: int | None  # the SuperNode's: the launcher exits when it does
-    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    max_idle_wait_s: float = DEFAULT_MAX_IDLE_WAIT_S
 
 
 def exit_code(task: Callable[[], object]) -> int:
@@ -97,7 +98,7 @@ def run_task(spec: ExecutionSpec) -> None:
 
     See flwr/supernode/cli/flwr_clientapp.py and superexec/executor/subprocess_executor.py.
     """
-    run_clientapp(
+    clientapp_runtime.run_clientapp(
         runtime_api_address=spec.runtime_api_address,
         token=spec.token,
         insecure=spec.insecure,
@@ -158,11 +159,18 @@ class ForkExecutor:
         return LaunchResult.accepted()
 
     def reconcile(self) -> None:
-        """Reap the tasks that finished, so that none is left a zombie."""
+        """Flower's name for `reap_finished`."""
+        self.reap_finished()
+
+    def reap_finished(self) -> int:
+        """Reap the tasks that finished, so that none is left a zombie; how many there were."""
+        finished = 0
         for pid in list(self._children):
             reaped, status = os.waitpid(pid, os.WNOHANG)
             if reaped:
                 self._reaped(pid, status)
+                finished += 1
+        return finished
 
     def close(self) -> None:
         """Stop the running tasks (Flower's handler in each reports it failed) and reap them."""
@@ -225,6 +233,7 @@ def serve(settings: LauncherSettings) -> None:
     # patient data, inherit the setting.
     disable_process_dumping(strict=False)
     preload()
+    retry_object_pulls_sooner(clientapp_runtime, "pull_and_inflate_object_from_tree")
     executor = ForkExecutor()
     plugin = AutoExecPlugin(
         runtime_api_address=settings.runtime_api_address,
@@ -247,11 +256,14 @@ def serve(settings: LauncherSettings) -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, _exit_on_signal)
     log(INFO, "Serving ClientApp tasks of the SuperNode at %s", settings.runtime_api_address)
+    backoff = IdleBackoff(longest_s=settings.max_idle_wait_s)
     try:
         while _alive(settings.parent_pid):
-            executor.reconcile()
-            if not _acquire_and_launch(client, plugin, executor):
-                time.sleep(settings.poll_interval_s)
+            # A task's end, like its start, means the round goes on: the next message is near.
+            if executor.reap_finished() or _acquire_and_launch(client, plugin, executor):
+                backoff.work_found()
+            else:
+                time.sleep(backoff.next_wait())
         log(
             INFO,
             "SuperNode (pid %s) exited; stopping %d running task(s)",
@@ -337,30 +349,19 @@ def parser() -> argparse.ArgumentParser:
         metavar="PID",
         help="the SuperNode's pid: exit, stopping running tasks, when it exits",
     )
-    root.add_argument(
-        "--poll-interval",
-        type=float,
-        default=DEFAULT_POLL_INTERVAL_S,
-        metavar="SECONDS",
-        help=f"how often to ask for a task (default {DEFAULT_POLL_INTERVAL_S:g} s)",
-    )
+    add_max_idle_wait_option(root, polled_for="a task")
     return root
 
 
 def parse_args(argv: Sequence[str] | None = None) -> LauncherSettings:
     command = parser()
     args = command.parse_args(argv)
-    if not MIN_POLL_INTERVAL_S <= args.poll_interval <= MAX_POLL_INTERVAL_S:
-        command.error(
-            f"--poll-interval must be between {MIN_POLL_INTERVAL_S:g} and "
-            f"{MAX_POLL_INTERVAL_S:g} seconds, got {args.poll_interval:g}"
-        )
     return LauncherSettings(
         runtime_api_address=args.runtime_api_address,
         insecure=args.insecure,
         root_certificates=args.root_certificates,
         parent_pid=args.parent_pid,
-        poll_interval_s=args.poll_interval,
+        max_idle_wait_s=args.max_idle_wait,
     )
 
 

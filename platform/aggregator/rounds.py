@@ -23,15 +23,20 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
+from flwr.superlink.grid import http_grid
 
 from aggregator import wire
 from aggregator.config import AggregatorConfig, weight_unit_for
 from aggregator.results import HospitalRound, ResultsSink, RoundResult
 from crypto import AggregatorContext, CryptoError
 from crypto.codec import Update, add_updates, read_update
+from hospitals.polling import retry_object_pulls_sooner
 
 NODE_POLL_INTERVAL_S = 0.5
 REPLY_POLL_INTERVAL_S = 0.1
+# A reply is listed before its SuperNode has pushed all its objects; Flower's grid would then wait
+# 1 s before asking for them again.
+retry_object_pulls_sooner(http_grid, "pull_objects")
 
 
 class RunFailedError(Exception):

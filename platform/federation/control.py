@@ -84,14 +84,20 @@ class FlowerControl:
         return self._call(*args)
 
     def _call(self, *args: str) -> dict[str, Any]:
-        completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [str(self.flwr), *args, "--format", "json"],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=CLI_TIMEOUT_S,
-            check=False,
-        )
+        try:
+            completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                [str(self.flwr), *args, "--format", "json"],
+                capture_output=True,
+                text=True,
+                env=self.env,
+                timeout=CLI_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            # Seen while 50 hospitals started on 2 cores: the CLI itself could not get the CPU.
+            raise ControlError(
+                f"`flwr {' '.join(args)}` did not answer within {CLI_TIMEOUT_S:g} s"
+            ) from None
         try:
             answer = json.loads(completed.stdout)
         except json.JSONDecodeError as error:

@@ -167,7 +167,8 @@ class LocalFederation:
         process = ManagedProcess(
             spec.hospital,
             [
-                str(SCRIPTS_DIR / "flower-supernode"),
+                # Flower's SuperNode, polling with an idle backoff (hospitals/supernode.py).
+                str(SCRIPTS_DIR / "cohort-supernode"),
                 "--insecure",
                 "--superlink",
                 self.address,

@@ -63,3 +63,15 @@ def test_a_refused_submission_is_never_repeated(tmp_path):
     with pytest.raises(ControlError):
         FlowerControl(env={}, connection="local", flwr=flwr).submit(tmp_path / "run.toml")
     assert len(calls(tmp_path)) == 1
+
+
+def test_a_cli_that_does_not_answer_counts_as_no_node_online(tmp_path, monkeypatch):
+    monkeypatch.setattr(control, "CLI_TIMEOUT_S", 0.2)
+    script = tmp_path / "flwr"
+    script.write_text("#!/bin/sh\nexec sleep 5\n")
+    script.chmod(0o755)
+    flowers = FlowerControl(env={}, connection="local", flwr=script)
+
+    assert flowers.online_nodes() == 0
+    with pytest.raises(ControlError, match="did not answer within 0.2 s"):
+        flowers.status(7)

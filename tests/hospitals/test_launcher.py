@@ -33,11 +33,14 @@ def execution_spec(task_id: int, task_type: TaskType = TaskType.CLIENT_APP) -> E
     )
 
 
-def reap_all(executor: ForkExecutor, timeout_s: float = 30.0) -> None:
+def reap_all(executor: ForkExecutor, timeout_s: float = 30.0) -> int:
+    """How many tasks finished, reaped until none runs."""
+    reaped = 0
     deadline = time.monotonic() + timeout_s
     while executor.running and time.monotonic() < deadline:
-        executor.reconcile()
+        reaped += executor.reap_finished()
         time.sleep(0.01)
+    return reaped
 
 
 def test_parse_args_takes_the_superexec_flags():
@@ -55,15 +58,15 @@ def test_parse_args_takes_the_superexec_flags():
             "node:9094",
             "--root-certificates",
             "ca.pem",
-            "--poll-interval",
-            "1",
+            "--max-idle-wait",
+            "2",
         ]
     ) == LauncherSettings(
         runtime_api_address="node:9094",
         insecure=False,
         root_certificates="ca.pem",
         parent_pid=None,
-        poll_interval_s=1.0,
+        max_idle_wait_s=2.0,
     )
 
 
@@ -71,10 +74,10 @@ def test_parse_args_takes_the_superexec_flags():
     "argv",
     [
         ["--runtime-api-address", "a:1", "--insecure", "--root-certificates", "ca.pem"],
-        ["--runtime-api-address", "a:1", "--poll-interval", "0"],
+        ["--runtime-api-address", "a:1", "--max-idle-wait", "0"],
         ["--insecure"],
     ],
-    ids=["insecure-and-certificates", "poll-interval-below-flowers-minimum", "no-address"],
+    ids=["insecure-and-certificates", "idle-wait-below-the-minimum", "no-address"],
 )
 def test_parse_args_refuses(argv, capsys):
     with pytest.raises(SystemExit):
@@ -109,7 +112,7 @@ def test_tasks_run_in_forked_children_that_are_reaped(tmp_path):
 
     executor = ForkExecutor(task)
     results = [executor.launch(execution_spec(task_id)) for task_id in (1, 2, 3)]
-    reap_all(executor)
+    assert reap_all(executor) == 3
 
     assert [result.status for result in results] == [LaunchResultStatus.ACCEPTED] * 3
     assert executor.running == 0
@@ -190,6 +193,7 @@ def test_one_warm_launcher_per_node_forks_every_clientapp_task(make_consortium, 
         exits = set(re.findall(r"Task (\d+): pid (\d+) exited with code (-?\d+)", log))
         assert exits == {(task, child, "0") for task, child, _ in forked}
         supernode_log = (logs / f"supernode-{spec.hospital}.log").read_text(errors="replace")
+        assert "Polling the SuperLink 0.05 s after a message, backing off to 1 s" in supernode_log
         for text in (log, supernode_log):
             assert "Starting Flower SuperExec" not in text
             assert "Start `flwr-clientapp` process" not in text

@@ -1,0 +1,92 @@
+"""`cohort-supernode`: Flower's `flower-supernode`, polling the SuperLink with an idle backoff.
+
+Flower 1.41's SuperNode loop (flwr/supernode/start_client_internal.py, `start_client_internal`)
+sleeps a fixed 3 s whenever it pulls and finds no message, and 0.5 s between checks for its
+ClientApp's reply; nothing in Flower configures either. A round is two exchanges per hospital
+(train, evaluate) and each message arrives while the SuperNode sleeps, so those fixed waits cost a
+study several seconds per round whatever its size. This entry point runs Flower's own SuperNode,
+arguments and all, with one change: the time those two sleeps take. An idle wait follows
+`IdleBackoff` (short after a message, growing to `--max-idle-wait` while none comes) and a reply
+check takes `REPLY_CHECK_S`: it reads the SuperNode's own memory, not the network.
+
+    cohort-supernode [--max-idle-wait SECONDS] <flower-supernode arguments>
+
+The change reaches that one module only, through its `time` name (the module uses `time` for
+nothing but these sleeps); `install` refuses a Flower that no longer imports `time` there, and
+tests/hospitals/test_supernode.py fails when a Flower upgrade changes the sleeps themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from logging import INFO
+from typing import Any
+
+import flwr.supernode.start_client_internal as supernode_loop
+from flwr.supercore import log
+from flwr.supernode.cli.flower_supernode import flower_supernode
+
+from hospitals.polling import (
+    IdleBackoff,
+    add_max_idle_wait_option,
+    replace_in_flower,
+    retry_object_pulls_sooner,
+)
+
+# The waits Flower's loop asks for: after an empty pull, and between checks for a task's reply.
+FLOWER_IDLE_WAIT_S = 3.0
+FLOWER_REPLY_CHECK_S = 0.5
+REPLY_CHECK_S = 0.05
+
+
+class SuperNodeClock:
+    """Stands in for the `time` module inside Flower's SuperNode loop."""
+
+    def __init__(self, backoff: IdleBackoff, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._backoff = backoff
+        self._sleep = sleep
+
+    def sleep(self, seconds: float) -> None:
+        if seconds == FLOWER_IDLE_WAIT_S:
+            self._sleep(self._backoff.next_wait())
+        elif seconds == FLOWER_REPLY_CHECK_S:
+            # Only a pulled message makes the loop wait for a reply: the next one may follow soon.
+            self._backoff.work_found()
+            self._sleep(REPLY_CHECK_S)
+        else:
+            self._sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def install(backoff: IdleBackoff) -> None:
+    """Make Flower's SuperNode loop, in this process, poll as `backoff` says."""
+    # Flower's module's own name for `time`, not `time` itself: other modules keep the real sleep.
+    replace_in_flower(supernode_loop, "time", SuperNodeClock(backoff))
+    retry_object_pulls_sooner(supernode_loop, "pull_objects")
+    log(
+        INFO,
+        "Polling the SuperLink %g s after a message, backing off to %g s while none comes",
+        backoff.first_s,
+        backoff.longest_s,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    # No --help of its own: `cohort-supernode --help` shows flower-supernode's.
+    root = argparse.ArgumentParser(prog="cohort-supernode", add_help=False)
+    add_max_idle_wait_option(root, polled_for="a message")
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ours, flowers = parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    install(IdleBackoff(longest_s=ours.max_idle_wait))
+    # Flower's command line reads sys.argv itself.
+    sys.argv = ["flower-supernode", *flowers]
+    flower_supernode()
+    return 0
