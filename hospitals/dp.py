@@ -75,11 +75,27 @@ class GradSampleMode(StrEnum):
     GHOST = "ghost"
 
 
-# Measured on CPU (bench suite dp, batch 64): only ghost clipping stays near non-DP as a model
-# widens (MLP 256×256: ~3× the time and ~2× the memory of non-DP, against ~8-12× and 30-40× with
-# hooks or functorch; the catalog allows 4×1024). On the smallest models its second backward costs
-# ~1 ms a step more than hooks: the price of a default that cannot blow up.
-DEFAULT_GRAD_SAMPLE_MODE = GradSampleMode.GHOST
+# Hooks hold batch × parameters per-sample gradient values a step; below this many they are the
+# faster mode. Measured on CPU (bench suite dp, batch 64, one thread), DP epoch / non-DP epoch,
+# hooks vs ghost clipping: logistic regression (11 parameters) 2.6× vs 3.1×, MLP 32 (385) 3.0× vs
+# 3.7×, MLP 128 (1,537) 2.7× vs 3.1×, MLP 64×64 (4,929: 315k values) 3.9× vs 3.9×, MLP 128×128
+# (18,049) 5.8× vs 4.1×, MLP 256×256 12.4× vs 3.4×: ghost clipping's second backward costs a
+# small model more than its per-sample gradients, and no wide model can blow up memory.
+HOOKS_MAX_PER_SAMPLE_VALUES = 2**18
+
+
+def grad_sample_mode_for(model: nn.Module, *, batch_size: int) -> GradSampleMode:
+    """Hooks while a step's per-sample gradients stay small, ghost clipping beyond.
+
+    >>> grad_sample_mode_for(nn.Linear(10, 1), batch_size=64).value
+    'hooks'
+    >>> grad_sample_mode_for(nn.Linear(1024, 1024), batch_size=64).value
+    'ghost'
+    """
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if batch_size * parameters <= HOOKS_MAX_PER_SAMPLE_VALUES:
+        return GradSampleMode.HOOKS
+    return GradSampleMode.GHOST
 
 
 # How each accountant's bound becomes (ε, δ); every ε the platform publishes names its conversion.
@@ -436,7 +452,7 @@ def train_dp(
     delta: float,
     seed: int,
     accountant: Accountant,
-    grad_sample_mode: GradSampleMode = DEFAULT_GRAD_SAMPLE_MODE,
+    grad_sample_mode: GradSampleMode | None = None,
     device: torch.device | str = _CPU,
 ) -> PrivacyStep:
     """Trains `model` in place with DP-SGD and returns the privacy it spent.
@@ -445,15 +461,21 @@ def train_dp(
     BCE-with-logits loss. Batches left empty by Poisson sampling still take a (noise-only) step,
     as the accounting assumes. Sampling and noise come from generators seeded by `seed`, so the
     same model, data, seed and device give the same weights, in every `grad_sample_mode` up to
-    rounding. Training runs on `device`; afterwards `model` holds the trained weights on the CPU
-    and carries no Opacus hooks or attributes, so it can be trained again next round.
+    rounding; without a mode, `grad_sample_mode_for` picks one. Training runs on `device`;
+    afterwards `model` holds the trained weights on the CPU and carries no Opacus hooks or
+    attributes, so it can be trained again next round.
     `delta` is recorded in the returned step as the δ the round was planned at.
     """
     _require_positive_finite("noise_multiplier", noise_multiplier)
     _require_positive_finite("max_grad_norm", max_grad_norm)
     _require_delta(delta)
     _require_seed(seed)
-    mode, on = GradSampleMode(grad_sample_mode), torch.device(device)
+    on = torch.device(device)
+    mode = (
+        grad_sample_mode_for(model, batch_size=training.batch_size)
+        if grad_sample_mode is None
+        else GradSampleMode(grad_sample_mode)
+    )
     inputs, targets = tensors_from_arrays(features=features, labels=labels)
     sampling_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
     plain_loader = DataLoader(

@@ -18,6 +18,7 @@ from hospitals.dp import (
     PrivacyStep,
     TrainingSettings,
     epsilon_of,
+    grad_sample_mode_for,
     plan_noise_multiplier,
     plan_round,
     sample_rate_for,
@@ -483,6 +484,43 @@ def test_ghost_clipping_trains_and_spends_as_hooks_do(architecture: str) -> None
     )
     for left, right in zip(weights_of(ghost), weights_of(hooks), strict=True):
         torch.testing.assert_close(left, right, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "batch_size", "expected"),
+    [
+        (64, 64, GradSampleMode.HOOKS),  # 385 parameters: 24,640 per-sample values
+        (1024, 64, GradSampleMode.GHOST),  # 6,145 parameters: 393,280
+        (1024, 8, GradSampleMode.HOOKS),  # 49,160: a small batch keeps hooks cheap
+    ],
+)
+def test_the_mode_follows_the_size_of_a_steps_per_sample_gradients(hidden, batch_size, expected):
+    model = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    assert grad_sample_mode_for(model, batch_size=batch_size) is expected
+
+
+def test_without_a_mode_train_dp_picks_one(monkeypatch):
+    used: list[GradSampleMode] = []
+    make_private = dp_module._make_private
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        used.append(kwargs["mode"])
+        return make_private(*args, **kwargs)
+
+    monkeypatch.setattr(dp_module, "_make_private", recording)
+    features, labels = separable_data(60)
+    train_dp(
+        logistic_model(),
+        features=features,
+        labels=labels,
+        training=TrainingSettings(local_epochs=1, batch_size=30, learning_rate=0.5),
+        noise_multiplier=0.8,
+        max_grad_norm=1.0,
+        delta=DELTA,
+        seed=7,
+        accountant=Accountant.RDP,
+    )
+    assert used == [GradSampleMode.HOOKS]
 
 
 requires_cuda = pytest.mark.skipif(
