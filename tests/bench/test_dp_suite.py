@@ -21,8 +21,12 @@ def test_one_table_per_device_with_one_row_per_model_and_dp_mode(quick_run: Quic
     tables = quick_run.tables("dp")
     assert len(tables) == len(quick_run.figures("dp")["devices"])
     for table in tables:
-        pairs = [(row[0], row[2]) for row in table.rows]
+        pairs = [(row[0], str(row[2]).removesuffix(" *")) for row in table.rows]
         assert pairs == [(model, mode.value) for model in dp.MODELS for mode in dp.DP_MODES]
+        # One mode per model is the one nodes train it in.
+        marked = [(row[0], str(row[2]).removesuffix(" *")) for row in table.rows if "*" in row[2]]
+        node_modes = quick_run.figures("dp")["models"]
+        assert marked == [(model, node_modes[model]["node_mode"]) for model in dp.MODELS]
         assert all(len(row) == len(table.columns) for row in table.rows)
         assert {row[-1] for row in table.rows} <= {"yes", "no"}
 
