@@ -19,7 +19,7 @@ from torch import nn
 from bench.plaintext import wire as plain
 from hospitals import wire
 from hospitals.client_app import _evaluate_reply, _handle, _train_reply
-from hospitals.dp import plan_round, train_dp
+from hospitals.dp import train_dp
 from hospitals.evaluation import evaluate as evaluate_model
 from hospitals.ledger import PrivacyLedger
 from hospitals.models import build_model, get_flat_parameters, set_flat_parameters
@@ -35,6 +35,7 @@ from hospitals.participation import (
     published_rows,
     save_released_model,
 )
+from hospitals.plans import remembered_plan
 
 app = ClientApp()
 
@@ -54,7 +55,8 @@ def train_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDi
     prepared = prepare(node, request)
     model = global_model(request)
     ledger = PrivacyLedger(node.ledger_path)
-    planned = plan_round(
+    planned = remembered_plan(
+        node.state_dir,
         privacy=protocol.privacy,
         training=protocol.training,
         rounds=protocol.rounds,
@@ -72,6 +74,7 @@ def train_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDi
         delta=protocol.privacy.delta,
         seed=_round_seed(protocol, node.hospital, request.round_number),
         accountant=protocol.privacy.accountant,
+        device=node.device,
     )
     outcome = TrainOutcome(
         update=plain.to_bytes(get_flat_parameters(model)),
