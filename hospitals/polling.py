@@ -1,4 +1,5 @@
-"""How long a hospital process waits before asking again when it asked and found no work.
+"""How long Flower's processes wait before asking again: for work that did not come yet (an idle
+backoff), and for an object that is not stored yet (a sooner retry).
 
 Flower's processes pull: the SuperNode asks the SuperLink for messages, the launcher asks the
 SuperNode for tasks. A fixed interval trades latency against idle load: Flower's SuperNode waits

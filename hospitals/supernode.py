@@ -5,14 +5,15 @@ sleeps a fixed 3 s whenever it pulls and finds no message, and 0.5 s between che
 ClientApp's reply; nothing in Flower configures either. A round is two exchanges per hospital
 (train, evaluate) and each message arrives while the SuperNode sleeps, so those fixed waits cost a
 study several seconds per round whatever its size. This entry point runs Flower's own SuperNode,
-arguments and all, with one change: the time those two sleeps take. An idle wait follows
-`IdleBackoff` (short after a message, growing to `--max-idle-wait` while none comes) and a reply
-check takes `REPLY_CHECK_S`: it reads the SuperNode's own memory, not the network.
+arguments and all, with two changes. An idle wait follows `IdleBackoff` (short after a message,
+growing to `--max-idle-wait` while none comes) and a reply check takes `REPLY_CHECK_S`: it reads
+the SuperNode's own memory, not the network. And a message's object that the SuperLink does not
+hold yet is asked for again within 0.05 s, not 1 s (`retry_object_pulls_sooner`).
 
     cohort-supernode [--max-idle-wait SECONDS] <flower-supernode arguments>
 
-The change reaches that one module only, through its `time` name (the module uses `time` for
-nothing but these sleeps); `install` refuses a Flower that no longer imports `time` there, and
+The changes reach that one module only, through its names `time` (which it uses for nothing but
+these sleeps) and `pull_objects`; `install` refuses a Flower without them, and
 tests/hospitals/test_supernode.py fails when a Flower upgrade changes the sleeps themselves.
 """
 

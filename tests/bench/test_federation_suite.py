@@ -1,0 +1,23 @@
+"""The federation suite's scale cases: a case this machine cannot hold is skipped, saying why."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from bench import federation
+
+
+def test_a_case_that_does_not_fit_in_memory_is_skipped_with_the_reason(monkeypatch):
+    available = SimpleNamespace(available=10 * federation.GIB)
+    monkeypatch.setattr(federation.psutil, "virtual_memory", lambda: available)
+
+    assert federation.memory_shortfall(20) is None  # 20 × 450 MiB ≈ 8.8 GiB
+    assert federation.memory_shortfall(50) == (
+        "50 hospitals skipped: they need about 22 GiB (450 MiB each) and 10.0 GiB is available"
+    )
+
+
+def test_skipped_cases_are_named_in_the_overhead_table():
+    table = federation.overhead_table([], ["50 hospitals skipped: …"])
+    assert table.notes[-1] == "50 hospitals skipped: …"
+    assert table.rows == []
