@@ -121,6 +121,18 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time the processes used so far, with their reaped children (the forked ClientApps)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def later_median(rounds: Sequence[dict[str, Any]], key: str) -> float | None:
     """The median over rounds 2 onwards (round 1 also waits for processes to start), or over
     round 1 when it is the only one."""
@@ -135,6 +147,7 @@ class ScaleResult:
     peak_rss_mib: dict[str, float]
     startup_s: float
     total_s: float
+    hospitals_cpu_s: float  # all hospitals' processes, over the whole run
 
     @property
     def median_seconds(self) -> float | None:
@@ -147,6 +160,10 @@ class ScaleResult:
     @property
     def median_overhead(self) -> float | None:
         return later_median(self.rounds, "overhead_s")
+
+    @property
+    def hospitals_cpu_s_per_round(self) -> float | None:
+        return self.hospitals_cpu_s / len(self.rounds) if self.rounds else None
 
     @property
     def max_peak_rss_mib(self) -> float | None:
@@ -282,17 +299,21 @@ def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
                 for name, node in federation.supernodes.items()
             }
         )
+        roots = [pid for pids in sampler.pids.values() for pid in pids]
+        cpu_before = cpu_seconds(roots)
         sampler.start()
         try:
             outcome = run_app(federation, request, app_dir=APP_DIR)
         finally:
             sampler.stop()
+        hospitals_cpu_s = cpu_seconds(roots) - cpu_before
     return ScaleResult(
         hospitals=hospitals,
         rounds=round_figures(outcome),
         peak_rss_mib={name: rss / MIB for name, rss in sorted(sampler.peaks.items())},
         startup_s=startup_s,
         total_s=time.monotonic() - began,
+        hospitals_cpu_s=hospitals_cpu_s,
     )
 
 
@@ -365,6 +386,8 @@ def figures(result: ScaleResult) -> dict[str, Any]:
         "median_slowest_train_s": result.median_slowest_train,
         "median_overhead_s": result.median_overhead,
         "peak_rss_mib": result.peak_rss_mib,
+        "hospitals_cpu_s_per_round": result.hospitals_cpu_s_per_round,
+        "cpu_count": psutil.cpu_count(),
     }
 
 
@@ -387,6 +410,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
                 _rounded(None if r.median_seconds is None else r.median_seconds / r.hospitals, 3),
                 _rounded(r.median_slowest_train),
                 _rounded(r.median_overhead),
+                _rounded(r.hospitals_cpu_s_per_round),
                 goal,
                 _rounded(first["seconds"]) if first else None,
                 _rounded(first["overhead_s"]) if first else None,
@@ -404,6 +428,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "round s / hospital",
             "median slowest train s",
             "overhead s",
+            "hospitals' CPU s / round",
             f"goal met ({OVERHEAD_GOAL_HOSPITALS})?",
             "round 1 s",
             "round 1 overhead s",
@@ -422,6 +447,10 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "backing off to 1 s, where Flower's SuperNode waits 3 s. A round is two exchanges "
             "per hospital (train, evaluate); the overhead also holds every hospital's HE "
             "encryption and decryption and its evaluation, all sharing this machine's cores.",
+            "Hospitals' CPU s / round: CPU time of every hospital's SuperNode, launcher and "
+            f"ClientApp tasks over the run, per round. Divided by this machine's "
+            f"{psutil.cpu_count()} cores it is the part of a round the hospitals' own work "
+            "takes when they share one machine, as they do here and not in a consortium.",
             "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
             f"trees (with the forked ClientApp tasks), sampled every {RSS_SAMPLE_S} s.",
             "Start-up s: from launching the processes until every SuperNode is connected.",
