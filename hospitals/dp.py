@@ -85,13 +85,7 @@ HOOKS_MAX_PER_SAMPLE_VALUES = 2**18
 
 
 def grad_sample_mode_for(model: nn.Module, *, batch_size: int) -> GradSampleMode:
-    """Hooks while a step's per-sample gradients stay small, ghost clipping beyond.
-
-    >>> grad_sample_mode_for(nn.Linear(10, 1), batch_size=64).value
-    'hooks'
-    >>> grad_sample_mode_for(nn.Linear(1024, 1024), batch_size=64).value
-    'ghost'
-    """
+    """Hooks while a step's per-sample gradients stay small, ghost clipping beyond."""
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if batch_size * parameters <= HOOKS_MAX_PER_SAMPLE_VALUES:
         return GradSampleMode.HOOKS

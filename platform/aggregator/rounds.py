@@ -35,7 +35,8 @@ from hospitals.polling import retry_object_pulls_sooner
 NODE_POLL_INTERVAL_S = 0.5
 REPLY_POLL_INTERVAL_S = 0.1
 # A reply is listed before its SuperNode has pushed all its objects; Flower's grid would then wait
-# 1 s before asking for them again.
+# 1 s before asking for them again. (hospitals.polling holds every Flower timing change Cohort
+# makes, and nothing of a hospital's.)
 retry_object_pulls_sooner(http_grid, "pull_objects")
 
 
