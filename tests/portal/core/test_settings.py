@@ -91,3 +91,45 @@ def test_env_example_documents_every_variable_the_code_reads():
     assert {"DJANGO_SECRET_KEY", "DATABASE_URL", "COHORT_REDIS_URL"} <= read, "pattern changed?"
     assert read <= documented, f"undocumented in .env.example: {sorted(read - documented)}"
     assert "DJANGO_SETTINGS_MODULE" in documented
+
+
+# Each thread reads, pauses so that the others read too, then writes: the pattern of the consent
+# snapshot, which the demo's hospitals request at the same moment.
+READ_THEN_WRITE_FROM_EIGHT_THREADS = """
+import threading, time
+from django.db import connection, transaction
+with connection.cursor() as cursor:
+    cursor.execute("create table served (n integer)")
+failures = []
+def read_then_write():
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("select count(*) from served")
+                time.sleep(0.05)
+                cursor.execute("insert into served values (1)")
+    except Exception as error:
+        failures.append(repr(error))
+    finally:
+        connection.close()
+threads = [threading.Thread(target=read_then_write) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+with connection.cursor() as cursor:
+    cursor.execute("select count(*) from served")
+    print("served", cursor.fetchone()[0], "failures", failures)
+"""
+
+
+@pytest.mark.slow
+def test_the_embedded_sqlite_serves_concurrent_read_then_write_transactions(tmp_path):
+    result = manage(
+        "shell",
+        "-c",
+        READ_THEN_WRITE_FROM_EIGHT_THREADS,
+        env={"DJANGO_SETTINGS_MODULE": "portal.settings.dev", "COHORT_VAR_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "served 8 failures []" in result.stdout
