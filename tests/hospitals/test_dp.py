@@ -291,6 +291,23 @@ def test_epsilon_of_composes_the_history() -> None:
     assert epsilon_of([step(100)], delta=DELTA, accountant=Accountant.RDP) < mixed < whole
 
 
+def test_rdp_epsilon_is_exactly_opacus_rdp_accountant() -> None:
+    history = [(0.9, 0.02, 750), (1.3, 0.05, 40), (0.9, 0.02, 250)]
+    steps = [
+        PrivacyStep(
+            sample_rate=q, noise_multiplier=sigma, steps=n, delta=DELTA, accountant=Accountant.RDP
+        )
+        for sigma, q, n in history
+    ]
+    opacus = RDPAccountant()
+    opacus.history = [(0.9, 0.02, 1000), (1.3, 0.05, 40)]
+
+    first = epsilon_of(steps, delta=DELTA, accountant=Accountant.RDP)
+    remembered = epsilon_of(steps, delta=DELTA, accountant=Accountant.RDP)
+
+    assert first == remembered == opacus.get_epsilon(delta=DELTA)
+
+
 def exact_gaussian_epsilon(*, noise_multiplier: float, steps: int, delta: float) -> float:
     """Tight ε of `steps` full-batch Gaussian steps (Balle & Wang 2018, Theorem 8)."""
     mu = np.sqrt(steps) / noise_multiplier
