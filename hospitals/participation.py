@@ -36,6 +36,7 @@ from hospitals.consent import (
     resolve_consent,
 )
 from hospitals.data import DataError, LocalDataset, load_dataset, split_holdout
+from hospitals.decrypted import keep_decrypted, recall_decrypted
 from hospitals.dp import (
     PrivacyStep,
     epsilon_of,
@@ -191,7 +192,7 @@ def train_round(
     """Train the received global model on local rows with DP-SGD and encrypt the weighted result."""
     protocol = request.protocol
     prepared = prepare(node, request, consent=consent)
-    model = _global_model(prepared.key, request, n_features=protocol.schema.n_features)
+    model = _global_model(node, prepared.key, request)
     ledger = PrivacyLedger(node.ledger_path)
     planned = remembered_plan(
         node.state_dir,
@@ -234,7 +235,7 @@ def evaluate_round(
 ) -> EvaluationOutcome:
     """Decrypt the new global model and evaluate it on this hospital's held-out rows."""
     prepared = prepare(node, request, consent=consent)
-    model = _global_model(prepared.key, request, n_features=request.protocol.schema.n_features)
+    model = _global_model(node, prepared.key, request)
     metrics = evaluate(model, features=prepared.holdout.features, labels=prepared.holdout.labels)
     if request.final:
         save_released_model(node, request, get_flat_parameters(model))
@@ -376,16 +377,21 @@ def _split_or_none(
         return None
 
 
-def _global_model(key: SecretContext, request: RoundRequest, *, n_features: int) -> nn.Module:
+def _global_model(node: NodeSettings, key: SecretContext, request: RoundRequest) -> nn.Module:
     protocol = request.protocol
-    model = build_model(protocol.model, n_features=n_features, seed=protocol.seed)
+    model = build_model(protocol.model, n_features=protocol.schema.n_features, seed=protocol.seed)
     if request.global_state is None:
+        return model
+    length = parameter_count(model)
+    remembered = recall_decrypted(node.state_dir, request.global_state, length=length)
+    if remembered is not None:
+        set_flat_parameters(model, remembered)
         return model
     try:
         state = read_update(
             request.global_state,
             context=key,
-            expected_length=parameter_count(model),
+            expected_length=length,
             max_bytes=MAX_GLOBAL_STATE_BYTES,
         )
         set_flat_parameters(model, decrypt_weighted_mean(key, state).mean)
@@ -393,6 +399,7 @@ def _global_model(key: SecretContext, request: RoundRequest, *, n_features: int)
         raise RoundRefusedError(
             "invalid-global-state", f"the global model could not be decrypted: {error}"
         ) from error
+    keep_decrypted(node.state_dir, request.global_state, get_flat_parameters(model))
     return model
 
 
