@@ -7,7 +7,8 @@ it imports the ClientApp's modules once, then starts each task with `os.fork()`,
 Flower's own `run_clientapp`, the function behind `flwr-clientapp`, on modules already loaded.
 
     cohort-supernode --isolation process --port 9094 ... &
-    cohort-launcher --runtime-api-address 127.0.0.1:9094 --insecure --parent-pid $!
+    cohort-launcher --runtime-api-address 127.0.0.1:9094 --insecure --parent-pid $! \
+        --ready-file /run/cohort/launcher-ready
 
 Fork safety. The parent never runs a torch op, so no OpenMP pool exists to be inherited broken,
 and never initialises CUDA, whose context cannot survive a fork: `torch.cuda` belongs in the tasks
@@ -34,6 +35,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from logging import DEBUG, INFO, WARNING
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -77,6 +79,8 @@ class LauncherSettings:
     root_certificates: str | None  # None with TLS: the system's CAs, as Flower does
     parent_pid: int | None  # the SuperNode's: the launcher exits when it does
     max_idle_wait_s: float = DEFAULT_MAX_IDLE_WAIT_S
+    # Exists while tasks are served: created after the preload, removed on exit.
+    ready_file: Path | None = None
 
 
 def exit_code(task: Callable[[], object]) -> int:
@@ -258,6 +262,8 @@ def serve(settings: LauncherSettings) -> None:
     log(INFO, "Serving ClientApp tasks of the SuperNode at %s", settings.runtime_api_address)
     backoff = IdleBackoff(longest_s=settings.max_idle_wait_s)
     try:
+        if settings.ready_file is not None:
+            settings.ready_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
         while _alive(settings.parent_pid):
             # A task's end, like its start, means the round goes on: the next message is near.
             if executor.reap_finished() or _acquire_and_launch(client, plugin, executor):
@@ -271,6 +277,8 @@ def serve(settings: LauncherSettings) -> None:
             executor.running,
         )
     finally:
+        if settings.ready_file is not None:
+            settings.ready_file.unlink(missing_ok=True)
         client.close()
         executor.close()
 
@@ -350,6 +358,13 @@ def parser() -> argparse.ArgumentParser:
         help="the SuperNode's pid: exit, stopping running tasks, when it exits",
     )
     add_max_idle_wait_option(root, polled_for="a task")
+    root.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="create PATH (holding this process's pid) once the ClientApp's modules are loaded "
+        "and tasks are served, and remove it on exit: for health checks and start-up scripts",
+    )
     return root
 
 
@@ -362,6 +377,7 @@ def parse_args(argv: Sequence[str] | None = None) -> LauncherSettings:
         root_certificates=args.root_certificates,
         parent_pid=args.parent_pid,
         max_idle_wait_s=args.max_idle_wait,
+        ready_file=args.ready_file,
     )
 
 

@@ -137,7 +137,7 @@ class LocalFederation:
     ) -> None:
         self.stop()
 
-    def start(self, *, connect_timeout_s: float = 60.0) -> None:
+    def start(self, *, connect_timeout_s: float = 120.0) -> None:
         self._write_cli_config()
         self.superlink = ManagedProcess(
             "superlink",
@@ -158,7 +158,7 @@ class LocalFederation:
         )
         for spec in self.hospitals:
             self.start_hospital(spec)
-        self.wait_for_nodes(len(self.hospitals), timeout_s=connect_timeout_s)
+        self.wait_until_ready(timeout_s=connect_timeout_s)
 
     def start_hospital(self, spec: HospitalNodeSpec) -> ManagedProcess:
         """The hospital's SuperNode, and the launcher that runs its ClientApp tasks."""
@@ -185,6 +185,8 @@ class LocalFederation:
             env=self.env,
         )
         self.supernodes[spec.hospital] = process
+        ready_file = self._launcher_ready_file(spec.hospital)
+        ready_file.unlink(missing_ok=True)
         self.launchers[spec.hospital] = ManagedProcess(
             f"{spec.hospital} launcher",
             [
@@ -196,22 +198,30 @@ class LocalFederation:
                 "--insecure",
                 "--parent-pid",
                 str(process.pid),
+                "--ready-file",
+                str(ready_file),
             ],
             log_path=self.workdir / "logs" / f"launcher-{spec.hospital}.log",
             env=self.env,
         )
         return process
 
-    def wait_for_nodes(self, count: int, *, timeout_s: float) -> None:
+    def wait_until_ready(self, *, timeout_s: float) -> None:
+        """Until every SuperNode is connected and every launcher has loaded the ClientApp: a run
+        started sooner has its first round wait for those imports and share the CPU with them."""
         deadline = time.monotonic() + timeout_s
+        online = 0
         while time.monotonic() < deadline:
             self._raise_if_exited()
-            if self.control.online_nodes() >= count:
+            online = self.control.online_nodes()
+            if online >= len(self.hospitals) and not self._unready_launchers():
                 return
             time.sleep(0.5)
         raise TimeoutError(
-            f"{count} hospital node(s) did not connect to the SuperLink at {self.address} within "
-            f"{timeout_s:g} s; see the logs in {self.workdir / 'logs'}"
+            f"the hospital nodes were not ready within {timeout_s:g} s: {online} of "
+            f"{len(self.hospitals)} connected to the SuperLink at {self.address}, launchers "
+            f"still loading the ClientApp: {', '.join(self._unready_launchers()) or 'none'}; "
+            f"see the logs in {self.workdir / 'logs'}"
         )
 
     def stop(self) -> None:
@@ -240,6 +250,16 @@ class LocalFederation:
         )
         path.write_text(absolute.to_toml(), encoding="utf-8")
         return path
+
+    def _launcher_ready_file(self, hospital: str) -> Path:
+        return self.workdir / "nodes" / f"{hospital}.launcher-ready"
+
+    def _unready_launchers(self) -> list[str]:
+        return [
+            hospital
+            for hospital in self.launchers
+            if not self._launcher_ready_file(hospital).exists()
+        ]
 
     def _write_cli_config(self) -> None:
         self.flwr_home.mkdir(parents=True, exist_ok=True)

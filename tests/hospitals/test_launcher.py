@@ -60,6 +60,8 @@ def test_parse_args_takes_the_superexec_flags():
             "ca.pem",
             "--max-idle-wait",
             "2",
+            "--ready-file",
+            "/run/cohort/launcher-ready",
         ]
     ) == LauncherSettings(
         runtime_api_address="node:9094",
@@ -67,6 +69,7 @@ def test_parse_args_takes_the_superexec_flags():
         root_certificates="ca.pem",
         parent_pid=None,
         max_idle_wait_s=2.0,
+        ready_file=Path("/run/cohort/launcher-ready"),
     )
 
 
@@ -175,9 +178,17 @@ def test_one_warm_launcher_per_node_forks_every_clientapp_task(make_consortium, 
             federation.control, request, on_event=look_under_supernodes, timeout_s=420
         )
         launchers = dict(federation.launchers)
+        ready_files = {
+            spec.hospital: tmp_path / "federation" / "nodes" / f"{spec.hospital}.launcher-ready"
+            for spec in hospitals
+        }
+        serving = {name: path.read_text().strip() for name, path in ready_files.items()}
         first = hospitals[0].hospital
         federation.supernodes[first].kill()
         launchers[first].popen.wait(timeout=10)  # it follows its SuperNode down
+
+    assert serving == {name: str(launcher.pid) for name, launcher in launchers.items()}
+    assert not ready_files[first].exists()
 
     assert outcome.status.status == "finished:completed", outcome.failure_reason
     assert supernode_children == []
