@@ -45,6 +45,7 @@ from crypto.errors import (
 from crypto.keys import AggregatorContext, SecretContext
 from crypto.packing import (
     PACKED_PARAMS,
+    PackedSum,
     PackedUpdate,
     Quantization,
     decrypt_packed_mean,
@@ -56,6 +57,7 @@ from crypto.params import MAX_MODULUS_BITS_128, MAX_SUMMANDS, CkksParams
 from crypto.updates import (
     MAX_LENGTH,
     DecryptedMean,
+    EncryptedSum,
     EncryptedUpdate,
     decrypt_mean,
     encrypt_update,
@@ -74,12 +76,14 @@ __all__ = [
     "CryptoError",
     "DecryptedMean",
     "DecryptionError",
+    "EncryptedSum",
     "EncryptedUpdate",
     "KeyLeakError",
     "MalformedContextError",
     "MalformedUpdateError",
     "MissingSecretKeyError",
     "OversizeError",
+    "PackedSum",
     "PackedUpdate",
     "ParameterError",
     "Quantization",

@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from crypto.keys import AggregatorContext, SecretContext
 from crypto.packing import (
     PACKED_PARAMS,
+    PackedSum,
     PackedUpdate,
     decrypt_packed_mean,
-    sum_packed_updates,
 )
 from crypto.params import CkksParams
 from crypto.updates import (
     DecryptedMean,
+    EncryptedSum,
     EncryptedUpdate,
     decrypt_mean,
-    sum_updates,
 )
 
 Update = EncryptedUpdate | PackedUpdate
@@ -47,15 +47,70 @@ def read_update(
     )
 
 
+def summing_shape(update: Update) -> str:
+    """What updates must share to be summed together, in words.
+
+    Their length, and a packed update's quantization.
+    """
+    if isinstance(update, PackedUpdate):
+        scheme = update.quantization
+        return (
+            f"{update.length} values quantized to {scheme.value_bits} bits within "
+            f"±{scheme.clip:g} with {scheme.headroom_bits} headroom bits"
+        )
+    return f"{update.length} values"
+
+
+class UpdateSum:
+    """Updates of one format, summed as they are added, whichever format the study uses.
+
+    See :class:`crypto.PackedSum`: an update that fails is refused whole, the sum unchanged.
+    """
+
+    def __init__(self, context: SecretContext | AggregatorContext) -> None:
+        """An empty sum under the study's context (keyless or not)."""
+        self._context = context
+        self._sum: PackedSum | EncryptedSum | None = None
+
+    @property
+    def count(self) -> int:
+        """How many updates the sum holds."""
+        return 0 if self._sum is None else self._sum.count
+
+    def add(self, update: Update) -> None:
+        """Add ``update``; raises as :meth:`crypto.PackedSum.add` does.
+
+        Raises:
+            TypeError: ``update`` is not in the format of the first update added.
+        """
+        if self._sum is None:
+            self._sum = (
+                PackedSum(self._context)
+                if isinstance(update, PackedUpdate)
+                else EncryptedSum(self._context)
+            )
+        if isinstance(self._sum, PackedSum) and isinstance(update, PackedUpdate):
+            self._sum.add(update)
+        elif isinstance(self._sum, EncryptedSum) and isinstance(update, EncryptedUpdate):
+            self._sum.add(update)
+        else:
+            raise TypeError("updates of one sum must all be in the same format")
+
+    def total(self) -> Update:
+        """The sum so far, as an update (raises ValueError while it holds none)."""
+        if self._sum is None:
+            raise ValueError("the sum holds no update yet")
+        return self._sum.total()
+
+
 def add_updates(context: SecretContext | AggregatorContext, updates: Sequence[Update]) -> Update:
     """Sum updates of one format; needs no key."""
-    packed = [update for update in updates if isinstance(update, PackedUpdate)]
-    if packed and len(packed) == len(updates):
-        return sum_packed_updates(context, packed)
-    plain = [update for update in updates if isinstance(update, EncryptedUpdate)]
-    if plain and len(plain) == len(updates):
-        return sum_updates(context, plain)
-    raise TypeError("add_updates needs at least one update, all in the same format")
+    if not updates:
+        raise TypeError("add_updates needs at least one update, all in the same format")
+    running = UpdateSum(context)
+    for update in updates:
+        running.add(update)
+    return running.total()
 
 
 def decrypt_weighted_mean(context: SecretContext, update: Update) -> DecryptedMean:

@@ -264,6 +264,65 @@ def encrypt_packed(
     )
 
 
+class PackedSum:
+    """A sum of packed updates that grows one update at a time; needs no key.
+
+    The aggregator adds each hospital's update as its reply arrives, so only the last one's
+    loading and adding wait for the slowest hospital. :meth:`add` loads and checks every chunk of
+    an update before it touches the sum: an update that fails is refused whole, and the sum holds
+    exactly the updates added before it.
+    """
+
+    def __init__(self, context: AggregatorContext | SecretContext) -> None:
+        """An empty sum under a :data:`PACKED_PARAMS` study's context (raises ParameterError)."""
+        _require_packed_params(context)
+        self._context = context
+        self._first: PackedUpdate | None = None
+        self._totals: list[Any] = []
+        self.count = 0
+
+    def add(self, update: PackedUpdate) -> None:
+        """Add ``update`` to the sum.
+
+        Raises:
+            ValueError: The sum already holds as many updates as the quantization's headroom
+                allows (another would carry into neighbouring values).
+            ContextMismatchError, MalformedUpdateError: The update belongs to another study, has
+                another length or quantization than the first, or holds a chunk that is not a
+                ciphertext of ours.
+        """
+        first = self._first or update
+        name = f"update {self.count}"
+        if (update.length, update.quantization) != (first.length, first.quantization):
+            raise MalformedUpdateError(
+                f"{name} ({update.length} values, {update.quantization}) does not match "
+                f"update 0 ({first.length} values, {first.quantization})"
+            )
+        _require_room_for(self.count + 1, first.quantization)
+        loaded = list(_load_chunks(self._context, update, name=name))
+        if self._first is None:
+            self._first, self._totals = update, loaded
+        else:
+            for total, other in zip(self._totals, loaded, strict=True):
+                _backend.add_seal_into(self._context.tenseal_context, total, other)
+        self.count += 1
+
+    def total(self) -> PackedUpdate:
+        """The sum so far, as an update (full-size ciphertexts: a sum is no longer seeded).
+
+        Raises:
+            ValueError: No update was added yet.
+        """
+        if self._first is None:
+            raise ValueError("the sum holds no update yet")
+        return PackedUpdate(
+            fingerprint=self._first.fingerprint,
+            length=self._first.length,
+            quantization=self._first.quantization,
+            chunks=tuple(_backend.serialize_seal_chunk(total) for total in self._totals),
+        )
+
+
 def sum_packed_updates(
     context: AggregatorContext | SecretContext, updates: Sequence[PackedUpdate]
 ) -> PackedUpdate:
@@ -277,31 +336,11 @@ def sum_packed_updates(
     """
     if not updates:
         raise ValueError("sum_packed_updates needs at least one update")
-    first = updates[0]
-    if len(updates) > first.quantization.max_summands:
-        raise ValueError(
-            f"cannot sum {len(updates)} packed updates: {first.quantization.headroom_bits} "
-            f"headroom bits leave room for {first.quantization.max_summands}"
-        )
-    for index, update in enumerate(updates):
-        if (update.length, update.quantization) != (first.length, first.quantization):
-            raise MalformedUpdateError(
-                f"update {index} ({update.length} values, {update.quantization}) does not match "
-                f"update 0 ({first.length} values, {first.quantization})"
-            )
-    streams = [_load_chunks(context, u, name=f"update {i}") for i, u in enumerate(updates)]
-    chunks = []
-    for ciphertexts in zip(*streams, strict=True):
-        total = ciphertexts[0]
-        for other in ciphertexts[1:]:
-            _backend.add_seal_into(context.tenseal_context, total, other)
-        chunks.append(_backend.serialize_seal_chunk(total))
-    return PackedUpdate(
-        fingerprint=first.fingerprint,
-        length=first.length,
-        quantization=first.quantization,
-        chunks=tuple(chunks),
-    )
+    _require_room_for(len(updates), updates[0].quantization)
+    running = PackedSum(context)
+    for update in updates:
+        running.add(update)
+    return running.total()
 
 
 def decrypt_packed_mean(context: SecretContext, update: PackedUpdate) -> DecryptedMean:
@@ -344,6 +383,14 @@ def max_packed_nbytes(length: int) -> int:
     """An upper bound on the wire size of a packed update (fresh or summed) of ``length`` values."""
     chunk_count = len(_slot_sizes(length, slot_count=PACKED_PARAMS.slot_count))
     return max_framed_nbytes(_HEADER.size, chunk_count=chunk_count, params=PACKED_PARAMS)
+
+
+def _require_room_for(summands: int, scheme: Quantization) -> None:
+    if summands > scheme.max_summands:
+        raise ValueError(
+            f"cannot sum {summands} packed updates: {scheme.headroom_bits} headroom bits leave "
+            f"room for {scheme.max_summands}"
+        )
 
 
 def _require_packed_params(context: SecretContext | AggregatorContext) -> None:

@@ -200,6 +200,59 @@ def encrypt_update(
     return EncryptedUpdate(fingerprint=context.fingerprint, length=vector.size, chunks=chunks)
 
 
+class EncryptedSum:
+    """A sum of updates that grows one update at a time; needs no key.
+
+    See :class:`crypto.PackedSum`: an update that fails is refused whole, the sum unchanged.
+    """
+
+    def __init__(self, context: AggregatorContext | SecretContext) -> None:
+        """An empty sum under the study's context (keyless or not)."""
+        _require_context(context)
+        self._context = context
+        self._length: int | None = None
+        self._totals: list[Any] = []
+        self.count = 0
+
+    def add(self, update: EncryptedUpdate) -> None:
+        """Add ``update`` to the sum.
+
+        Raises:
+            ValueError: The sum already holds :data:`crypto.MAX_SUMMANDS` updates.
+            ContextMismatchError: The update belongs to another study.
+            MalformedUpdateError: Another length than the first update's, or a chunk that is not
+                a ciphertext of this study.
+        """
+        name = f"update {self.count}"
+        if self._length is not None and update.length != self._length:
+            raise MalformedUpdateError(
+                f"{name} has {update.length} values, update 0 has {self._length}: they were "
+                "made for different models"
+            )
+        _require_room_for(self.count + 1)
+        loaded = list(_load_chunks(self._context, update, name=name))
+        if self._length is None:
+            self._length, self._totals = update.length, loaded
+        else:
+            for total, vector in zip(self._totals, loaded, strict=True):
+                _backend.add_into(total, vector, name=name)
+        self.count += 1
+
+    def total(self) -> EncryptedUpdate:
+        """The sum so far, as an update.
+
+        Raises:
+            ValueError: No update was added yet.
+        """
+        if self._length is None:
+            raise ValueError("the sum holds no update yet")
+        return EncryptedUpdate(
+            fingerprint=self._context.fingerprint,
+            length=self._length,
+            chunks=tuple(_backend.serialize_vector(total) for total in self._totals),
+        )
+
+
 def sum_updates(
     context: AggregatorContext | SecretContext, updates: Sequence[EncryptedUpdate]
 ) -> EncryptedUpdate:
@@ -213,29 +266,11 @@ def sum_updates(
     """
     if not updates:
         raise ValueError("sum_updates needs at least one update")
-    if len(updates) > MAX_SUMMANDS:
-        raise ValueError(
-            f"cannot sum {len(updates)} updates: max_abs_value only leaves room for "
-            f"{MAX_SUMMANDS} without overflowing the CKKS modulus"
-        )
-    length = updates[0].length
-    for index, update in enumerate(updates):
-        if update.length != length:
-            raise MalformedUpdateError(
-                f"update {index} has {update.length} values, update 0 has {length}: they were "
-                "made for different models"
-            )
-    streams = [
-        _load_chunks(context, update, name=f"update {index}")
-        for index, update in enumerate(updates)
-    ]
-    chunks = []
-    for vectors in zip(*streams, strict=True):
-        total = vectors[0]
-        for index, vector in enumerate(vectors[1:], start=1):
-            _backend.add_into(total, vector, name=f"update {index}")
-        chunks.append(_backend.serialize_vector(total))
-    return EncryptedUpdate(fingerprint=context.fingerprint, length=length, chunks=tuple(chunks))
+    _require_room_for(len(updates))
+    running = EncryptedSum(context)
+    for update in updates:
+        running.add(update)
+    return running.total()
 
 
 def decrypt_mean(context: SecretContext, update: EncryptedUpdate) -> DecryptedMean:
@@ -328,6 +363,14 @@ def _load_chunks(
         )
         for index, (chunk, size) in enumerate(zip(update.chunks, sizes, strict=True))
     )
+
+
+def _require_room_for(summands: int) -> None:
+    if summands > MAX_SUMMANDS:
+        raise ValueError(
+            f"cannot sum {summands} updates: max_abs_value only leaves room for "
+            f"{MAX_SUMMANDS} without overflowing the CKKS modulus"
+        )
 
 
 def _require_context(context: object) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from flwr.app import (
     Array,
@@ -29,7 +28,7 @@ from aggregator import wire
 from aggregator.config import AggregatorConfig, weight_unit_for
 from aggregator.results import HospitalRound, ResultsSink, RoundResult
 from crypto import AggregatorContext, CryptoError
-from crypto.codec import Update, add_updates, read_update
+from crypto.codec import Update, UpdateSum, read_update, summing_shape
 from hospitals.polling import retry_object_pulls_sooner
 
 NODE_POLL_INTERVAL_S = 0.5
@@ -88,17 +87,25 @@ def run_study(grid: Grid, config: AggregatorConfig, sink: ResultsSink) -> None:
         content = round_content(
             config, round_number=round_number, global_state=global_state, weight_unit=weight_unit
         )
-        replies = exchange(grid, nodes, wire.TRAIN, content, round_number, config.round_timeout_s)
-        for reply in replies:
-            names.learn(reply)
-        contributions, dropped = collect_contributions(nodes, replies, names, config)
-        dropped.update(
-            {names[node]: "disconnected from the SuperLink" for node in seen - set(nodes)}
+        received = ReceivedUpdates(config, names)
+        replies = exchange(
+            grid,
+            nodes,
+            wire.TRAIN,
+            content,
+            round_number,
+            config.round_timeout_s,
+            on_reply=received.receive,
         )
+        contributions = received.contributions()
+        dropped = {
+            **no_reply_reasons(nodes, replies, names, config.round_timeout_s),
+            **received.dropped(),
+            **{names[node]: "disconnected from the SuperLink" for node in seen - set(nodes)},
+        }
         seen.update(nodes)
         require_quorum(round_number, contributions, dropped, config.min_hospitals)
-        total = add_updates(config.he_context, [c.update for c in contributions])
-        global_state = total.to_bytes()
+        global_state = received.total().to_bytes()
         weight_unit = weight_unit_for(c.report.rows_rounded for c in contributions)
         contributors = [c.node_id for c in contributions]
         evaluations = evaluate(grid, config, contributors, global_state, round_number, names)
@@ -175,7 +182,11 @@ def exchange(
     content: RecordDict,
     round_number: int,
     timeout_s: float,
+    *,
+    on_reply: Callable[[Message], None] | None = None,
 ) -> list[Message]:
+    """Send `content` to every node and gather the replies until all came or `timeout_s`
+    passed; `on_reply` sees each reply as soon as it is pulled."""
     messages = [
         Message(
             content,
@@ -195,6 +206,9 @@ def exchange(
     while pending:
         pulled = list(grid.pull_messages(pending))
         replies.extend(pulled)
+        if on_reply is not None:
+            for reply in pulled:
+                on_reply(reply)
         pending.difference_update(reply.metadata.reply_to_message_id for reply in pulled)
         if not pending or time.monotonic() >= deadline:
             break
@@ -202,23 +216,72 @@ def exchange(
     return replies
 
 
-def collect_contributions(
-    nodes: Sequence[int], replies: Sequence[Message], names: HospitalNames, config: AggregatorConfig
-) -> tuple[list[Contribution], dict[str, str]]:
-    """Split train replies into usable encrypted contributions and dropped hospitals (reasons)."""
-    dropped = no_reply_reasons(nodes, replies, names, config.round_timeout_s)
-    contributions: list[Contribution] = []
-    for reply in replies:
-        hospital = names[reply.metadata.src_node_id]
+class ReceivedUpdates:
+    """Train replies as they arrive. Each usable update is added at once to the running sum of
+    the updates of its shape (length and quantization), so that summing does not wait for the
+    slowest hospital; a reply that cannot be used drops its hospital, with the reason."""
+
+    def __init__(self, config: AggregatorConfig, names: HospitalNames) -> None:
+        self._config = config
+        self._names = names
+        self._groups: dict[str, _ShapeGroup] = {}  # by summing shape, in order of arrival
+        self._refused: dict[str, str] = {}
+
+    def receive(self, reply: Message) -> None:
+        self._names.learn(reply)
+        hospital = self._names[reply.metadata.src_node_id]
         reason = refusal_reason(reply)
         if reason:
-            dropped[hospital] = reason
-            continue
+            self._refused[hospital] = reason
+            return
         try:
-            contributions.append(parse_contribution(reply, hospital, config))
+            contribution = parse_contribution(reply, hospital, self._config)
+            shape = summing_shape(contribution.update)
+            group = self._groups.get(shape) or _ShapeGroup(UpdateSum(self._config.he_context))
+            group.add(contribution)
         except (CryptoError, KeyError, TypeError, ValueError) as error:
-            dropped[hospital] = f"rejected its update: {error}"
-    return keep_common_length(contributions, dropped)
+            self._refused[hospital] = f"rejected its update: {error}"
+            return
+        self._groups[shape] = group
+
+    def contributions(self) -> list[Contribution]:
+        """The updates of the shape most hospitals sent: only those can be summed together."""
+        common = self._common_shape()
+        return [] if common is None else list(self._groups[common].contributions)
+
+    def total(self) -> Update:
+        """The sum of `contributions()` (raises ValueError when there are none)."""
+        common = self._common_shape()
+        if common is None:
+            raise ValueError("no hospital contributed an update")
+        return self._groups[common].running.total()
+
+    def dropped(self) -> dict[str, str]:
+        """Hospitals whose reply was refused, unusable or of another shape, with the reason."""
+        common = self._common_shape()
+        minority = {
+            contribution.report.hospital: f"sent {shape} where the others sent {common}"
+            for shape, group in self._groups.items()
+            if shape != common
+            for contribution in group.contributions
+        }
+        return {**self._refused, **minority}
+
+    def _common_shape(self) -> str | None:
+        # Ties go to the shape that arrived first.
+        if not self._groups:
+            return None
+        return max(self._groups, key=lambda shape: len(self._groups[shape].contributions))
+
+
+@dataclass
+class _ShapeGroup:
+    running: UpdateSum
+    contributions: list[Contribution] = field(default_factory=list)
+
+    def add(self, contribution: Contribution) -> None:
+        self.running.add(contribution.update)
+        self.contributions.append(contribution)
 
 
 def no_reply_reasons(
@@ -263,22 +326,6 @@ def parse_contribution(reply: Message, hospital: str, config: AggregatorConfig) 
             train_seconds=number(report, "train_seconds"),
         ),
     )
-
-
-def keep_common_length(
-    contributions: list[Contribution], dropped: dict[str, str]
-) -> tuple[list[Contribution], dict[str, str]]:
-    """Drop updates whose length disagrees with the majority: they cannot be summed with it."""
-    if not contributions:
-        return contributions, dropped
-    common, _ = Counter(c.update.length for c in contributions).most_common(1)[0]
-    kept = [c for c in contributions if c.update.length == common]
-    for contribution in contributions:
-        if contribution.update.length != common:
-            dropped[contribution.report.hospital] = (
-                f"sent {contribution.update.length} values where the others sent {common}"
-            )
-    return kept, dropped
 
 
 def require_quorum(

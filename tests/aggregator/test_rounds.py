@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ from flwr.app import Array, ArrayRecord, Message
 from aggregator import wire
 from aggregator.config import AggregatorConfig, ConfigError
 from aggregator.results import JsonlResultsSink, read_events
-from aggregator.rounds import RunFailedError, run_study
+from aggregator.rounds import RunFailedError, blob_of, blob_record, run_study
+from crypto import Quantization
+from crypto.codec import read_update
 from demo.setup import Consortium
 from federation.inprocess import RUN_ID, InProcessGrid
 from hospitals.participation import released_model_path
@@ -90,6 +93,31 @@ def test_a_malformed_update_is_rejected_without_stopping_the_round(make_consorti
 
     assert sorted(result["participants"]) == ["hospital-a", "hospital-c"]
     assert result["dropped"]["hospital-b"].startswith("rejected its update: ")
+
+
+def test_an_update_in_another_quantization_is_dropped_and_the_others_summed(
+    make_consortium, tmp_path
+):
+    # Parses as a sound update, but cannot be summed with the others: their fields differ.
+    def requantize(reply: Message) -> Message:
+        if wire.UPDATE in reply.content.array_records:
+            update = read_update(
+                blob_of(reply, wire.UPDATE), context=consortium.key, max_bytes=1 << 20
+            )
+            other = replace(update, quantization=Quantization(clip=4.0))
+            reply.content.array_records[wire.UPDATE] = blob_record(other.to_bytes())
+        return reply
+
+    consortium = make_consortium(rounds=1)
+    grid = InProcessGrid(consortium.hospitals, hooks={"hospital-b": requantize})
+
+    (result,) = run(consortium, tmp_path, grid)
+
+    assert sorted(result["participants"]) == ["hospital-a", "hospital-c"]
+    assert result["dropped"] == {
+        "hospital-b": "sent 31 values quantized to 15 bits within ±4 with 6 headroom bits where "
+        "the others sent 31 values quantized to 15 bits within ±8 with 6 headroom bits"
+    }
 
 
 def test_the_run_fails_with_reasons_when_too_few_hospitals_contribute(make_consortium, tmp_path):

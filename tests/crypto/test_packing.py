@@ -22,6 +22,7 @@ from crypto import (
 )
 from crypto.packing import (
     PACKED_PARAMS,
+    PackedSum,
     PackedUpdate,
     Quantization,
     decrypt_packed_mean,
@@ -107,6 +108,34 @@ def test_the_most_summands_at_the_extremes_never_carry_between_fields(
     assert result.total_weight == SCHEME.max_summands
     with pytest.raises(ValueError, match="6 headroom bits leave room for 64"):
         sum_packed_updates(aggregator, [*updates, updates[0]])
+
+
+def test_a_running_sum_refuses_a_bad_update_whole_and_keeps_the_others(
+    secret: SecretContext, aggregator: AggregatorContext
+) -> None:
+    length = VALUES_PER_CHUNK + 7  # two chunks
+    good = [
+        encrypt_packed(secret, values=np.full(length, value), weight=1.0, quantization=SCHEME)
+        for value in (1.0, 3.0)
+    ]
+    # Its first chunk is a sound ciphertext; the second is found wrong only once loaded.
+    broken = PackedUpdate(
+        fingerprint=secret.fingerprint,
+        length=length,
+        quantization=SCHEME,
+        chunks=(good[0].chunks[0], b"not a ciphertext"),
+    )
+    running = PackedSum(aggregator)
+
+    running.add(good[0])
+    with pytest.raises(MalformedUpdateError, match="chunk 1 of update 1"):
+        running.add(broken)
+    running.add(good[1])
+
+    assert running.count == 2
+    result = decrypt_packed_mean(secret, running.total())
+    np.testing.assert_allclose(result.mean, 2.0, atol=SCHEME.error_bound([1.0, 1.0]))
+    assert result.total_weight == 2
 
 
 def test_a_hospital_sends_one_times_float32_and_the_aggregate_two(
