@@ -446,14 +446,17 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "fresh, and SuperNodes (cohort-supernode) and launchers poll 0.05 s after work, "
             "backing off to 1 s, where Flower's SuperNode waits 3 s. A round is two exchanges "
             "per hospital (train, evaluate); the overhead also holds every hospital's HE "
-            "encryption and decryption and its evaluation, all sharing this machine's cores.",
+            "encryption and decryption (once per global model) and its evaluation, all sharing "
+            "this machine's cores.",
             "Hospitals' CPU s / round: CPU time of every hospital's SuperNode, launcher and "
             f"ClientApp tasks over the run, per round. Divided by this machine's "
             f"{psutil.cpu_count()} cores it is the part of a round the hospitals' own work "
             "takes when they share one machine, as they do here and not in a consortium.",
             "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
             f"trees (with the forked ClientApp tasks), sampled every {RSS_SAMPLE_S} s.",
-            "Start-up s: from launching the processes until every SuperNode is connected.",
+            "Start-up s: from launching the processes until every SuperNode is connected and "
+            "every launcher has loaded the ClientApp (torch, Opacus, TenSEAL), all at once on "
+            "these cores.",
             "The quick run (2 hospitals, 1 round) has round 1 only. Every process shares this "
             "machine's CPUs, so other load on it inflates the overhead.",
             *skipped,
