@@ -29,7 +29,7 @@ def recall_decrypted(
     """The parameters `global_state` decrypted to at this node, or None if not kept."""
     path = _memo_path(state_dir, global_state)
     try:
-        parameters = np.load(path, allow_pickle=False)
+        parameters: npt.NDArray[np.float64] = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
         return None
     if parameters.dtype != np.float64 or parameters.shape != (length,):
