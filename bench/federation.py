@@ -56,6 +56,8 @@ ROUND_TIMEOUT_S = 900
 CONNECT_TIMEOUT_S = 300.0
 RUN_TIMEOUT_S = 1800.0
 RSS_SAMPLE_S = 0.5
+# cpu_by_part's parts that run at a hospital.
+HOSPITAL_PARTS = ("SuperNodes", "launchers", "ClientApp tasks")
 MIB = 2**20
 GIB = 2**30
 # What one hospital's processes take from this machine's memory: a launcher holds ~345 MiB of its
@@ -121,16 +123,29 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """CPU time the processes used so far, with their reaped children (the forked ClientApps)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
+def own_and_reaped_cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds a process used so far, and those of its children it has reaped."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0, 0.0
+    return times.user + times.system, times.children_user + times.children_system
+
+
+def cpu_by_part(federation: LocalFederation) -> dict[str, float]:
+    """CPU seconds so far of each part of the deployment. A ClientApp task counts once its
+    launcher has reaped it; the ServerApp (a process Flower starts per run) is not counted."""
+    supernodes = [own_and_reaped_cpu_s(p.pid) for p in federation.supernodes.values()]
+    launchers = [own_and_reaped_cpu_s(p.pid) for p in federation.launchers.values()]
+    superlink, _ = (
+        own_and_reaped_cpu_s(federation.superlink.pid) if federation.superlink else (0.0, 0.0)
+    )
+    return {
+        "SuperNodes": sum(own + reaped for own, reaped in supernodes),
+        "launchers": sum(own for own, _ in launchers),
+        "ClientApp tasks": sum(reaped for _, reaped in launchers),
+        "SuperLink": superlink,
+    }
 
 
 def later_median(rounds: Sequence[dict[str, Any]], key: str) -> float | None:
@@ -147,7 +162,7 @@ class ScaleResult:
     peak_rss_mib: dict[str, float]
     startup_s: float
     total_s: float
-    hospitals_cpu_s: float  # all hospitals' processes, over the whole run
+    cpu_s: dict[str, float]  # cpu_by_part's parts, over the whole run
 
     @property
     def median_seconds(self) -> float | None:
@@ -162,8 +177,14 @@ class ScaleResult:
         return later_median(self.rounds, "overhead_s")
 
     @property
+    def cpu_s_per_round(self) -> dict[str, float]:
+        return {part: s / len(self.rounds) for part, s in self.cpu_s.items()} if self.rounds else {}
+
+    @property
     def hospitals_cpu_s_per_round(self) -> float | None:
-        return self.hospitals_cpu_s / len(self.rounds) if self.rounds else None
+        """What every hospital's SuperNode, launcher and tasks used, per round."""
+        per_round = self.cpu_s_per_round
+        return sum(per_round[part] for part in HOSPITAL_PARTS) if per_round else None
 
     @property
     def max_peak_rss_mib(self) -> float | None:
@@ -299,21 +320,20 @@ def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
                 for name, node in federation.supernodes.items()
             }
         )
-        roots = [pid for pids in sampler.pids.values() for pid in pids]
-        cpu_before = cpu_seconds(roots)
+        cpu_before = cpu_by_part(federation)
         sampler.start()
         try:
             outcome = run_app(federation, request, app_dir=APP_DIR)
         finally:
             sampler.stop()
-        hospitals_cpu_s = cpu_seconds(roots) - cpu_before
+        cpu_after = cpu_by_part(federation)
     return ScaleResult(
         hospitals=hospitals,
         rounds=round_figures(outcome),
         peak_rss_mib={name: rss / MIB for name, rss in sorted(sampler.peaks.items())},
         startup_s=startup_s,
         total_s=time.monotonic() - began,
-        hospitals_cpu_s=hospitals_cpu_s,
+        cpu_s={part: cpu_after[part] - cpu_before[part] for part in cpu_after},
     )
 
 
@@ -387,6 +407,7 @@ def figures(result: ScaleResult) -> dict[str, Any]:
         "median_overhead_s": result.median_overhead,
         "peak_rss_mib": result.peak_rss_mib,
         "hospitals_cpu_s_per_round": result.hospitals_cpu_s_per_round,
+        "cpu_s_per_round": result.cpu_s_per_round,
         "cpu_count": psutil.cpu_count(),
     }
 
@@ -411,6 +432,10 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
                 _rounded(r.median_slowest_train),
                 _rounded(r.median_overhead),
                 _rounded(r.hospitals_cpu_s_per_round),
+                " / ".join(f"{r.cpu_s_per_round[part]:.2f}" for part in HOSPITAL_PARTS)
+                if r.rounds
+                else None,
+                _rounded(r.cpu_s_per_round.get("SuperLink")),
                 goal,
                 _rounded(first["seconds"]) if first else None,
                 _rounded(first["overhead_s"]) if first else None,
@@ -429,6 +454,8 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "median slowest train s",
             "overhead s",
             "hospitals' CPU s / round",
+            "of it: " + " / ".join(HOSPITAL_PARTS),
+            "SuperLink CPU s / round",
             f"goal met ({OVERHEAD_GOAL_HOSPITALS})?",
             "round 1 s",
             "round 1 overhead s",
@@ -451,7 +478,9 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "Hospitals' CPU s / round: CPU time of every hospital's SuperNode, launcher and "
             f"ClientApp tasks over the run, per round. Divided by this machine's "
             f"{psutil.cpu_count()} cores it is the part of a round the hospitals' own work "
-            "takes when they share one machine, as they do here and not in a consortium.",
+            "takes when they share one machine, as they do here and not in a consortium. "
+            "Split into its parts (a launcher's own CPU apart from the tasks it forked), and the "
+            "SuperLink's beside it; the ServerApp's is not measured.",
             "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
             f"trees (with the forked ClientApp tasks), sampled every {RSS_SAMPLE_S} s.",
             "Start-up s: from launching the processes until every SuperNode is connected and "

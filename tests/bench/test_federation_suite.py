@@ -21,3 +21,21 @@ def test_skipped_cases_are_named_in_the_overhead_table():
     table = federation.overhead_table([], ["50 hospitals skipped: …"])
     assert table.notes[-1] == "50 hospitals skipped: …"
     assert table.rows == []
+
+
+def test_the_overhead_table_splits_the_cpu_per_round_by_part():
+    result = federation.ScaleResult(
+        hospitals=10,
+        rounds=[{"seconds": 6.0, "slowest_train_s": 0.5, "overhead_s": 5.5}] * 2,
+        peak_rss_mib={},
+        startup_s=30.0,
+        total_s=50.0,
+        cpu_s={"SuperNodes": 6.0, "launchers": 1.6, "ClientApp tasks": 11.0, "SuperLink": 5.4},
+    )
+
+    table = federation.overhead_table([result])
+    row = dict(zip(table.columns, table.rows[0], strict=True))
+
+    assert row["hospitals' CPU s / round"] == 9.3
+    assert row["of it: SuperNodes / launchers / ClientApp tasks"] == "3.00 / 0.80 / 5.50"
+    assert row["SuperLink CPU s / round"] == 2.7
