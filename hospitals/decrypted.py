@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,41 +24,41 @@ MEMO_DIR = "decrypted-global"
 _SUFFIX = ".npy"
 
 
-def recall_decrypted(
-    state_dir: Path, global_state: bytes, *, length: int
-) -> npt.NDArray[np.float64] | None:
-    """The parameters `global_state` decrypted to at this node, or None if not kept."""
-    path = _memo_path(state_dir, global_state)
-    try:
-        parameters: npt.NDArray[np.float64] = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    if parameters.dtype != np.float64 or parameters.shape != (length,):
-        return None
-    return parameters
+@dataclass(frozen=True)
+class DecryptedGlobal:
+    """Where a node keeps what one global-model ciphertext decrypts to (hashed once per message)."""
 
+    path: Path
 
-def keep_decrypted(
-    state_dir: Path, global_state: bytes, parameters: npt.NDArray[np.float64]
-) -> None:
-    """Remember `parameters` as what `global_state` decrypts to, in place of any earlier model."""
-    path = _memo_path(state_dir, global_state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written whole and renamed into place: a task reading at the same time sees no half file.
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=_SUFFIX)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            np.save(file, np.asarray(parameters, dtype=np.float64), allow_pickle=False)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    for older in path.parent.glob(f"[!.]*{_SUFFIX}"):
-        if older != path:
+    @classmethod
+    def of(cls, state_dir: Path, global_state: bytes) -> DecryptedGlobal:
+        digest = hashlib.sha256(global_state).hexdigest()
+        return cls(state_dir / MEMO_DIR / f"{digest}{_SUFFIX}")
+
+    def recall(self, *, length: int) -> npt.NDArray[np.float64] | None:
+        """The parameters the ciphertext decrypted to at this node, or None if not kept."""
+        try:
+            parameters: npt.NDArray[np.float64] = np.load(self.path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if parameters.dtype != np.float64 or parameters.shape != (length,):
+            return None
+        return parameters
+
+    def keep(self, parameters: npt.NDArray[np.float64]) -> None:
+        """Remember `parameters` as what the ciphertext decrypts to, replacing any earlier model."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole and renamed into place: a task reading at the same time sees no half file.
+        descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".", suffix=_SUFFIX)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                np.save(file, np.asarray(parameters, dtype=np.float64), allow_pickle=False)
+            os.replace(temporary, self.path)
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                older.unlink()
-
-
-def _memo_path(state_dir: Path, global_state: bytes) -> Path:
-    return state_dir / MEMO_DIR / f"{hashlib.sha256(global_state).hexdigest()}{_SUFFIX}"
+                os.unlink(temporary)
+            raise
+        for older in self.path.parent.glob(f"[!.]*{_SUFFIX}"):
+            if older != self.path:
+                with contextlib.suppress(FileNotFoundError):
+                    older.unlink()

@@ -36,7 +36,7 @@ from hospitals.consent import (
     resolve_consent,
 )
 from hospitals.data import DataError, LocalDataset, load_dataset, split_holdout
-from hospitals.decrypted import keep_decrypted, recall_decrypted
+from hospitals.decrypted import DecryptedGlobal
 from hospitals.dp import (
     PrivacyStep,
     epsilon_of,
@@ -383,7 +383,8 @@ def _global_model(node: NodeSettings, key: SecretContext, request: RoundRequest)
     if request.global_state is None:
         return model
     length = parameter_count(model)
-    remembered = recall_decrypted(node.state_dir, request.global_state, length=length)
+    decrypted = DecryptedGlobal.of(node.state_dir, request.global_state)
+    remembered = decrypted.recall(length=length)
     if remembered is not None:
         set_flat_parameters(model, remembered)
         return model
@@ -399,7 +400,7 @@ def _global_model(node: NodeSettings, key: SecretContext, request: RoundRequest)
         raise RoundRefusedError(
             "invalid-global-state", f"the global model could not be decrypted: {error}"
         ) from error
-    keep_decrypted(node.state_dir, request.global_state, get_flat_parameters(model))
+    decrypted.keep(get_flat_parameters(model))
     return model
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hospitals import participation
-from hospitals.decrypted import MEMO_DIR, keep_decrypted, recall_decrypted
+from hospitals.decrypted import MEMO_DIR, DecryptedGlobal
 from hospitals.participation import evaluate_round, train_round
 from tests.hospitals.test_participation import node_of, request
 
@@ -16,30 +16,30 @@ PARAMETERS = np.linspace(-1.0, 1.0, 31)
 
 
 def test_a_kept_model_is_recalled_only_for_the_same_ciphertext(tmp_path: Path) -> None:
-    keep_decrypted(tmp_path, b"ciphertext of round 1", PARAMETERS)
+    DecryptedGlobal.of(tmp_path, b"ciphertext of round 1").keep(PARAMETERS)
 
     assert np.array_equal(
-        recall_decrypted(tmp_path, b"ciphertext of round 1", length=31), PARAMETERS
+        DecryptedGlobal.of(tmp_path, b"ciphertext of round 1").recall(length=31), PARAMETERS
     )
-    assert recall_decrypted(tmp_path, b"ciphertext of round 2", length=31) is None
-    assert recall_decrypted(tmp_path, b"ciphertext of round 1", length=32) is None
+    assert DecryptedGlobal.of(tmp_path, b"ciphertext of round 2").recall(length=31) is None
+    assert DecryptedGlobal.of(tmp_path, b"ciphertext of round 1").recall(length=32) is None
 
 
 def test_keeping_a_model_replaces_the_previous_one(tmp_path: Path) -> None:
-    keep_decrypted(tmp_path, b"round 1", PARAMETERS)
-    keep_decrypted(tmp_path, b"round 2", -PARAMETERS)
+    DecryptedGlobal.of(tmp_path, b"round 1").keep(PARAMETERS)
+    DecryptedGlobal.of(tmp_path, b"round 2").keep(-PARAMETERS)
 
-    assert recall_decrypted(tmp_path, b"round 1", length=31) is None
-    assert np.array_equal(recall_decrypted(tmp_path, b"round 2", length=31), -PARAMETERS)
+    assert DecryptedGlobal.of(tmp_path, b"round 1").recall(length=31) is None
+    assert np.array_equal(DecryptedGlobal.of(tmp_path, b"round 2").recall(length=31), -PARAMETERS)
     assert len(list((tmp_path / MEMO_DIR).iterdir())) == 1
 
 
 def test_a_damaged_memo_is_not_trusted(tmp_path: Path) -> None:
-    keep_decrypted(tmp_path, b"round 1", PARAMETERS)
+    DecryptedGlobal.of(tmp_path, b"round 1").keep(PARAMETERS)
     (memo,) = (tmp_path / MEMO_DIR).iterdir()
     memo.write_bytes(memo.read_bytes()[:100])
 
-    assert recall_decrypted(tmp_path, b"round 1", length=31) is None
+    assert DecryptedGlobal.of(tmp_path, b"round 1").recall(length=31) is None
 
 
 @pytest.fixture
