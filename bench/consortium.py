@@ -27,11 +27,13 @@ MAX_LIFETIME_EPSILON = 10.0
 
 @dataclass(frozen=True)
 class SyntheticCohort:
-    """One entry of `rows` per hospital; a common test set; hospitals.synthetic's case-mix shift."""
+    """One entry of `rows` per hospital; a common test set; hospitals.synthetic's case-mix shift
+    and within-hospital spread."""
 
     rows: tuple[int, ...]
     test_rows: int
     shift: float = 1.0
+    spread: float = 1.0
 
 
 def synthetic_consortium(
@@ -50,6 +52,7 @@ def synthetic_consortium(
         seed=settings.seed,
         test_rows=cohort.test_rows,
         shift=cohort.shift,
+        spread=cohort.spread,
     )
     key = SecretContext.generate(params=settings.he_params)
     document = {

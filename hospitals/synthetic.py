@@ -5,7 +5,10 @@ logistic model ``OUTCOME_INTERCEPT + sum(OUTCOME_COEFFICIENTS[f] * z_f)`` over f
 standardised with the fixed ``REFERENCE_STANDARDIZATION``, so a federated model's weights can be
 compared with the truth. Hospitals differ in case mix (age, severity, lactate baseline), scaled by
 ``shift``: P(outcome | features) is the same everywhere while the feature distributions and the
-prevalence differ, i.e. covariate shift, the usual non-IID setting between hospitals.
+prevalence differ, i.e. covariate shift, the usual non-IID setting between hospitals. ``spread``
+below 1 makes hospitals specialised: each sees only a band of the population's ages and
+severities (a geriatric ward, a trauma centre), so no hospital alone sees the whole range that
+the consortium's patients, and its common test set, cover.
 """
 
 from __future__ import annotations
@@ -109,17 +112,21 @@ class HospitalProfile:
 
 
 def generate_cohort(
-    *, hospital_index: int, n_rows: int, seed: int, shift: float = 1.0
+    *, hospital_index: int, n_rows: int, seed: int, shift: float = 1.0, spread: float = 1.0
 ) -> pd.DataFrame:
-    """``n_rows`` patients of hospital ``hospital_index``, deterministic for (index, seed, shift).
+    """``n_rows`` patients of hospital ``hospital_index``, deterministic for (index, seed, shift,
+    spread).
 
     ``shift=0`` makes every hospital draw from the same population (IID); larger is more non-IID.
+    ``spread`` is the within-hospital standard deviation of age and severity as a fraction of
+    the reference population's: 1 (the default) lets every hospital see the whole range.
     """
     return _generate(
         hospital_index=hospital_index,
         n_rows=n_rows,
         seed=seed,
         shift=shift,
+        spread=spread,
         stream=_TRAIN_STREAM,
         id_prefix=f"H{hospital_index}",
     )
@@ -145,6 +152,7 @@ def write_federation(
     seed: int,
     test_rows: int,
     shift: float = 1.0,
+    spread: float = 1.0,
 ) -> list[Path]:
     """Write hospital-1.csv … hospital-N.csv, test.csv and schema.json; return the hospital paths.
 
@@ -154,14 +162,17 @@ def write_federation(
     sizes = _hospital_sizes(n_hospitals=n_hospitals, rows_per_hospital=rows_per_hospital)
     if test_rows < 1:
         raise ValueError(f"test_rows must be at least 1, got {test_rows}")
+    _check_case_mix(shift=shift, spread=spread)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, size in enumerate(sizes, start=1):
         path = out_dir / f"hospital-{index}.csv"
-        cohort = generate_cohort(hospital_index=index, n_rows=size, seed=seed, shift=shift)
+        cohort = generate_cohort(
+            hospital_index=index, n_rows=size, seed=seed, shift=shift, spread=spread
+        )
         cohort.to_csv(path, index=False)
         paths.append(path)
-    _test_cohort(sizes=sizes, test_rows=test_rows, seed=seed, shift=shift).to_csv(
+    _test_cohort(sizes=sizes, test_rows=test_rows, seed=seed, shift=shift, spread=spread).to_csv(
         out_dir / "test.csv", index=False
     )
     (out_dir / "schema.json").write_text(SYNTHETIC_SCHEMA.to_json(), encoding="utf-8")
@@ -186,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--shift", type=float, default=1.0, help="how non-IID hospitals are (0 = IID)"
     )
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=1.0,
+        help="each hospital's spread of age and severity, as a fraction of the population's "
+        "(below 1 = specialised hospitals)",
+    )
     args = parser.parse_args(argv)
     rows: list[int] = args.rows
     try:
@@ -196,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             test_rows=args.test_rows,
             shift=args.shift,
+            spread=args.spread,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -232,7 +251,9 @@ def _hospital_sizes(*, n_hospitals: int, rows_per_hospital: int | Sequence[int])
     return sizes
 
 
-def _test_cohort(*, sizes: Sequence[int], test_rows: int, seed: int, shift: float) -> pd.DataFrame:
+def _test_cohort(
+    *, sizes: Sequence[int], test_rows: int, seed: int, shift: float, spread: float
+) -> pd.DataFrame:
     shares = _proportional_counts(total=test_rows, weights=sizes)
     parts = [
         _generate(
@@ -240,6 +261,7 @@ def _test_cohort(*, sizes: Sequence[int], test_rows: int, seed: int, shift: floa
             n_rows=count,
             seed=seed,
             shift=shift,
+            spread=spread,
             stream=_TEST_STREAM,
             id_prefix="T",
         )
@@ -263,7 +285,14 @@ def _proportional_counts(*, total: int, weights: Sequence[int]) -> list[int]:
 
 
 def _generate(
-    *, hospital_index: int, n_rows: int, seed: int, shift: float, stream: int, id_prefix: str
+    *,
+    hospital_index: int,
+    n_rows: int,
+    seed: int,
+    shift: float,
+    spread: float,
+    stream: int,
+    id_prefix: str,
 ) -> pd.DataFrame:
     if hospital_index < 0 or seed < 0:
         raise ValueError(
@@ -271,14 +300,13 @@ def _generate(
         )
     if n_rows < 1:
         raise ValueError(f"n_rows must be at least 1, got {n_rows}")
-    if not (math.isfinite(shift) and shift >= 0):
-        raise ValueError(f"shift must be a finite number >= 0, got {shift}")
+    _check_case_mix(shift=shift, spread=spread)
     rng = np.random.default_rng([seed, hospital_index, stream])
     profile = HospitalProfile.for_hospital(hospital_index)
     cohort = pd.DataFrame(
         {"patient_id": [f"{id_prefix}-{number:06d}" for number in range(1, n_rows + 1)]}
     )
-    measurements = _measurements(rng, n_rows=n_rows, profile=profile, shift=shift)
+    measurements = _measurements(rng, n_rows=n_rows, profile=profile, shift=shift, spread=spread)
     for column in SYNTHETIC_SCHEMA.features:
         if column.name == "sex":
             cohort["sex"] = np.where(rng.random(n_rows) < 0.5, "female", "male")
@@ -289,12 +317,24 @@ def _generate(
     return cohort
 
 
+def _check_case_mix(*, shift: float, spread: float) -> None:
+    if not (math.isfinite(shift) and shift >= 0):
+        raise ValueError(f"shift must be a finite number >= 0, got {shift}")
+    if not (math.isfinite(spread) and spread > 0):
+        raise ValueError(f"spread must be a finite number > 0, got {spread}")
+
+
 def _measurements(
-    rng: np.random.Generator, *, n_rows: int, profile: HospitalProfile, shift: float
+    rng: np.random.Generator,
+    *,
+    n_rows: int,
+    profile: HospitalProfile,
+    shift: float,
+    spread: float,
 ) -> dict[str, FloatArray]:
     """Raw vitals and labs, correlated through a latent severity and shifted by the profile."""
-    age = rng.normal(60.0 + 12.0 * shift * profile.age, 15.0, n_rows)
-    severity = rng.normal(0.8 * shift * profile.severity, 1.0, n_rows)
+    age = rng.normal(60.0 + 12.0 * shift * profile.age, 15.0 * spread, n_rows)
+    severity = rng.normal(0.8 * shift * profile.severity, spread, n_rows)
 
     def noise(scale: float) -> FloatArray:
         return rng.normal(0.0, scale, n_rows)

@@ -29,6 +29,7 @@ STUDY_ID = "breast-cancer-demo"
 class DemoSettings:
     out_dir: Path
     rounds: int = 5
+    local_epochs: int = 1
     target_epsilon: float = 3.0
     delta: float = 1e-5
     seed: int = 7
@@ -80,7 +81,7 @@ def demo_protocol(settings: DemoSettings, *, key: SecretContext) -> dict[str, An
         "schema": BREAST_CANCER_SCHEMA.to_dict(),
         "model": {"name": "logistic_regression", "hyperparameters": {}},
         "training": {
-            "local_epochs": 1,
+            "local_epochs": settings.local_epochs,
             "batch_size": 32,
             "learning_rate": 1.0,
             "seed": settings.seed,

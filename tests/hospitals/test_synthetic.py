@@ -94,6 +94,31 @@ def test_no_shift_means_one_population() -> None:
     assert max(prevalences) - min(prevalences) < 0.04
 
 
+def test_specialised_hospitals_each_see_a_band_of_the_population() -> None:
+    def age_sd(spread: float) -> float:
+        return float(
+            generate_cohort(hospital_index=2, n_rows=4000, seed=1, spread=spread)["age"].std()
+        )
+
+    assert age_sd(1.0) == pytest.approx(15.0, rel=0.05)
+    assert age_sd(0.3) == pytest.approx(4.5, rel=0.05)
+
+
+def test_the_test_set_spans_what_no_specialised_hospital_sees_alone(tmp_path: Path) -> None:
+    paths = write_federation(
+        out_dir=tmp_path,
+        n_hospitals=4,
+        rows_per_hospital=1000,
+        seed=1,
+        test_rows=4000,
+        shift=2.0,
+        spread=0.3,
+    )
+    test_age_sd = pd.read_csv(tmp_path / "test.csv")["age"].std()
+
+    assert all(pd.read_csv(path)["age"].std() < test_age_sd / 2 for path in paths)
+
+
 def test_outcome_is_learnable_from_the_features(federation: tuple[Path, list[Path]]) -> None:
     out_dir, paths = federation
     train = load_dataset(paths[0], SYNTHETIC_SCHEMA)
@@ -144,6 +169,8 @@ def test_invalid_federations_are_refused(
 def test_invalid_generation_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="shift must be"):
         generate_cohort(hospital_index=1, n_rows=10, seed=0, shift=-1.0)
+    with pytest.raises(ValueError, match="spread must be"):
+        generate_cohort(hospital_index=1, n_rows=10, seed=0, spread=0.0)
     with pytest.raises(ValueError, match="non-negative"):
         generate_cohort(hospital_index=1, n_rows=10, seed=-3)
 
@@ -164,9 +191,21 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert str(out_dir / "hospital-1.csv") in capsys.readouterr().out
 
 
-def test_command_line_reports_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--rows", "40,30,20"], "lists 3 sizes for 2 hospitals"),
+        (["--rows", "40", "--spread", "0"], "spread must be a finite number > 0"),
+    ],
+)
+def test_command_line_reports_bad_arguments_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    out_dir = tmp_path / "out"
+
     with pytest.raises(SystemExit) as caught:
-        main(["--out", "x", "--hospitals", "2", "--rows", "40,30,20", "--seed", "3"])
+        main(["--out", str(out_dir), "--hospitals", "2", "--seed", "3", *arguments])
 
     assert caught.value.code == 2
-    assert "lists 3 sizes for 2 hospitals" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+    assert not out_dir.exists()
