@@ -18,7 +18,7 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 
-from hospitals.schema import NUMERIC_TYPES, Column, ColumnType, DatasetSchema, MissingPolicy
+from hospitals.schema import Column, ColumnType, DatasetSchema, MissingPolicy
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -59,7 +59,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class LocalDataset:
-    """A hospital's encoded rows; features are scaled to [-1, 1] (numeric) or one-hot (category)."""
+    """A hospital's encoded rows; numeric features scaled as the schema declares (`Column.scaled`),
+    categories one-hot."""
 
     patient_ids: tuple[str, ...]
     features: FloatArray
@@ -454,7 +455,7 @@ class _ParsedColumns:
                 column=column.name,
                 template=f"value {{value}} is not a whole number (column '{column.name}' is int)",
             )
-        minimum, maximum = _declared_range(column)
+        minimum, maximum = column.declared_range
         outside = checked & ((numbers < minimum) | (numbers > maximum))
         self._flag_first_value(
             outside,
@@ -463,7 +464,7 @@ class _ParsedColumns:
             template=f"value {{value}} is outside the declared range [{minimum:g}, {maximum:g}]; "
             "correct it or remove the row (values are not clipped)",
         )
-        return 2.0 * (numbers - minimum) / (maximum - minimum) - 1.0
+        return column.scaled(numbers)
 
     def _bool(
         self, name: str, lowered: pd.Series, missing: npt.NDArray[np.bool_]
@@ -494,12 +495,6 @@ class _ParsedColumns:
         one_hot[np.flatnonzero(known), codes[known]] = 1.0
         one_hot[missing] = np.nan
         return one_hot
-
-
-def _declared_range(column: Column) -> tuple[float, float]:
-    if column.type not in NUMERIC_TYPES or column.minimum is None or column.maximum is None:
-        raise ValueError(f"column '{column.name}' is not a numeric column with a declared range")
-    return column.minimum, column.maximum
 
 
 def _map_tokens(

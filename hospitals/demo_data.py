@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
-from hospitals.schema import Column, ColumnType, DatasetSchema
+from hospitals.schema import Column, ColumnType, DatasetSchema, Reference
 
 HOSPITAL_NAMES = ("a", "b", "c")
 TEST_FRACTION = 0.2
@@ -58,7 +58,8 @@ def _outward(value: float, *, step: float, up: bool) -> float:
 
 
 def _declared_column(name: str, values: npt.NDArray[np.float64]) -> Column:
-    """A float column whose range is the public data's range widened by 10%, rounded outward."""
+    """A float column whose range is the public data's range widened by 10%, rounded outward,
+    and whose reference is the public data's mean and sd, as a study would cite published norms."""
     low, high = float(values.min()), float(values.max())
     margin = _RANGE_MARGIN * (high - low)
     step = 10.0 ** (math.floor(math.log10(high - low)) - (_SIGNIFICANT_DIGITS - 1))
@@ -67,7 +68,14 @@ def _declared_column(name: str, values: npt.NDArray[np.float64]) -> Column:
         type=ColumnType.FLOAT,
         minimum=_outward(low - margin, step=step, up=False),
         maximum=_outward(high + margin, step=step, up=True),
+        reference=Reference(
+            mean=_significant(float(values.mean())), sd=_significant(float(values.std()))
+        ),
     )
+
+
+def _significant(value: float) -> float:
+    return float(f"{value:.{_SIGNIFICANT_DIGITS}g}")
 
 
 def _breast_cancer_frame() -> pd.DataFrame:

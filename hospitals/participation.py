@@ -55,8 +55,9 @@ MAX_GLOBAL_STATE_BYTES = 1 << 30
 PUBLISHED_ROW_GRANULARITY = 10
 # Slack for float error when comparing a run's ε with the study's target.
 TARGET_TOLERANCE = 1e-3
-# Packed updates quantize every model value within ±8: DP-SGD models on features scaled to
-# [-1, 1] stay far inside it, and a value outside refuses the round rather than being clipped.
+# Packed updates quantize every model value within ±8: DP-SGD models on features scaled by the
+# schema (a declared range to [-1, 1], or z-scores against a declared reference) stay far inside
+# it, and a value outside refuses the round rather than being clipped.
 UPDATE_QUANTIZATION = Quantization(clip=8.0)
 
 T = TypeVar("T")

