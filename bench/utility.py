@@ -17,7 +17,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -37,10 +37,12 @@ from demo.summary import final_comparison
 from federation.control import RunStatus
 from federation.inprocess import RUN_ID, InProcessGrid
 from federation.runner import RunOutcome
+from hospitals.models import ModelSpec
 from hospitals.protocol import canonical_json
 
 BREAST_CANCER = "breast-cancer"
 SYNTHETIC = "synthetic"
+SYNTHETIC_MLP = "synthetic-mlp"
 EPSILONS = (1.0, 3.0, 8.0)
 SEEDS = (7, 8, 9)
 METRICS = {"roc_auc": "AUC", "accuracy": "accuracy"}
@@ -61,18 +63,30 @@ SYNTHETIC_COHORT = SyntheticCohort(
 
 @dataclass(frozen=True)
 class StudyDesign:
-    """What a study on the dataset runs for; federated, local-only and centralized alike."""
+    """What a study trains and for how long; federated, local-only and centralized alike."""
 
     rounds: int
     local_epochs: int
+    model: ModelSpec | None = None  # None: the demo's logistic regression
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "local_epochs": self.local_epochs,
+            "model": None if self.model is None else self.model.to_dict(),
+        }
 
 
-# The demo's study for breast-cancer. The synthetic study trains longer: its hospitals are small,
-# so DP-SGD at ε = 3 needs more (noisier) steps; chosen on seeds 1-3, reported on SEEDS.
+# The demo's study for breast-cancer. The synthetic studies train longer: their hospitals are
+# small, so DP-SGD at ε = 3 needs more (noisier) steps; chosen on seeds 1-3, reported on SEEDS.
+# The same cohort with the catalog's MLP (32 hidden units, 385 parameters): where a model has
+# more to fit than one small hospital's rows can carry under DP, federation pays most.
 DESIGNS = {
     BREAST_CANCER: StudyDesign(rounds=5, local_epochs=1),
     SYNTHETIC: StudyDesign(rounds=15, local_epochs=2),
+    SYNTHETIC_MLP: StudyDesign(rounds=15, local_epochs=2, model=ModelSpec(name="mlp")),
 }
+NON_IID_SYNTHETIC = frozenset({SYNTHETIC, SYNTHETIC_MLP})
 QUICK_DESIGN = StudyDesign(rounds=2, local_epochs=1)
 # Each method's markers are nudged sideways (×, on the log axis) so the error bars stay apart.
 PLOT_METHODS = (("federated", "o", 0.95), ("best_local", "^", 1.0), ("centralized", "s", 1.05))
@@ -124,7 +138,7 @@ def quick_jobs() -> list[Job]:
 def full_jobs() -> list[Job]:
     return [
         Job(dataset, epsilon=epsilon, seed=seed, design=DESIGNS[dataset])
-        for dataset in (BREAST_CANCER, SYNTHETIC)
+        for dataset in DESIGNS
         for epsilon in EPSILONS
         for seed in SEEDS
     ]
@@ -137,11 +151,11 @@ def settings_summary(
         "datasets": list(datasets),
         "epsilons": sorted({job.epsilon for job in jobs}),
         "seeds": sorted({job.seed for job in jobs}),
-        "designs": {job.dataset: asdict(job.design) for job in jobs},
+        "designs": {job.dataset: job.design.to_dict() for job in jobs},
         "workers": min(len(jobs), os.cpu_count() or 1),
         "seconds": round(seconds, 1),
     }
-    if SYNTHETIC in datasets:
+    if NON_IID_SYNTHETIC.intersection(datasets):
         settings["synthetic"] = {
             "rows_per_hospital": list(SYNTHETIC_COHORT.rows),
             "test_rows": SYNTHETIC_COHORT.test_rows,
@@ -186,13 +200,16 @@ def run_job(job: Job) -> dict[str, Any]:
             target_epsilon=job.epsilon,
             seed=job.seed,
         )
-        consortium = PREPARE[job.dataset](settings)
+        consortium = prepare(job, settings)
         events = run_federation(consortium, results=Path(scratch) / "results.jsonl")
         outcome = RunOutcome(RUN_ID, RunStatus(RUN_ID, "finished:completed", ""), events)
         comparison = final_comparison(consortium, outcome)
     return {
-        **asdict(job),
-        "model": consortium.protocol.model.name,
+        "dataset": job.dataset,
+        "epsilon": job.epsilon,
+        "seed": job.seed,
+        "design": job.design.to_dict(),
+        "model": consortium.protocol.model.to_dict(),
         "training": asdict(consortium.protocol.training),
         "test_rows": comparison["test_rows"],
         "federated": scores(comparison["federated"]),
@@ -229,14 +246,12 @@ def spent_epsilon(outcome: RunOutcome) -> dict[str, float]:
     return {h["hospital"]: h["epsilon"] for h in outcome.rounds[-1]["hospitals"]}
 
 
-def utility_consortium(settings: DemoSettings) -> Consortium:
-    return synthetic_consortium(settings, study_id=SYNTHETIC_STUDY_ID, cohort=SYNTHETIC_COHORT)
-
-
-PREPARE: dict[str, Callable[[DemoSettings], Consortium]] = {
-    BREAST_CANCER: prepare_consortium,
-    SYNTHETIC: utility_consortium,
-}
+def prepare(job: Job, settings: DemoSettings) -> Consortium:
+    if job.dataset == BREAST_CANCER:
+        return prepare_consortium(settings)
+    return synthetic_consortium(
+        settings, study_id=SYNTHETIC_STUDY_ID, cohort=SYNTHETIC_COHORT, model=job.design.model
+    )
 
 
 @dataclass(frozen=True)
@@ -283,12 +298,12 @@ def mean_sd(values: Sequence[float], *, digits: int = 3) -> str:
 
 def goal_verdict(summary: Summary, *, dataset: str) -> str:
     """The issue's goal at ε = 3: within 1 pp of centralized, and on the non-IID synthetic cohort
-    also at least 3 pp above the best local-only hospital."""
+    (with either model) also at least 3 pp above the best local-only hospital."""
     gap, gain = statistics.fmean(summary.gap_pp), statistics.fmean(summary.gain_pp)
     misses = []
     if gap < -GOAL_GAP_PP:
         misses.append(f"{gap:+.1f} pp vs centralized (needs ≥ {-GOAL_GAP_PP:+g})")
-    if dataset == SYNTHETIC and gain < GOAL_GAIN_PP:
+    if dataset in NON_IID_SYNTHETIC and gain < GOAL_GAIN_PP:
         misses.append(f"{gain:+.1f} pp vs best local (needs ≥ {GOAL_GAIN_PP:+g})")
     return "met" if not misses else "not met: " + "; ".join(misses)
 
@@ -354,8 +369,9 @@ def table_notes(runs: Sequence[dict[str, Any]], *, metric: str) -> list[str]:
     first = runs[0]
     seeds = sorted({run["seed"] for run in runs})
     return [
-        f"Mean ± sd over seeds {', '.join(map(str, seeds))}; {first['design']['rounds']} "
-        f"rounds of {first['design']['local_epochs']} local epoch(s), "
+        f"Mean ± sd over seeds {', '.join(map(str, seeds))}; {model_label(first['model'])}, "
+        f"{first['design']['rounds']} rounds of {first['design']['local_epochs']} local "
+        "epoch(s), "
         f"{len(first['local_only'])} hospitals, {first['test_rows']} test rows.",
         "Federated and local-only models train with DP-SGD at the row's ε (δ = 1e-5); "
         "centralized pools every hospital's training rows without privacy, so it does not "
@@ -365,6 +381,11 @@ def table_notes(runs: Sequence[dict[str, Any]], *, metric: str) -> list[str]:
         "synthetic cohort.",
         *headroom_note(runs, metric=metric),
     ]
+
+
+def model_label(model: dict[str, Any]) -> str:
+    settings = ", ".join(f"{name} {value}" for name, value in model["hyperparameters"].items())
+    return f"{model['name']} ({settings})" if settings else model["name"]
 
 
 def headroom_note(runs: Sequence[dict[str, Any]], *, metric: str) -> list[str]:

@@ -35,7 +35,7 @@ def test_one_auc_and_one_accuracy_table_for_the_breast_cancer_split(quick_run: Q
 def test_every_method_is_scored_on_the_test_set(figures: dict[str, Any]) -> None:
     (run,) = figures["runs"]
     assert (run["dataset"], run["epsilon"]) == ("breast-cancer", 3.0)
-    assert run["design"] == {"rounds": 2, "local_epochs": 1}
+    assert run["design"] == {"rounds": 2, "local_epochs": 1, "model": None}
     assert set(run["local_only"]) == {"hospital-a", "hospital-b", "hospital-c"}
     models = [run["federated"], run["centralized"], *run["local_only"].values()]
     for scores in models:
