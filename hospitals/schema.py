@@ -82,14 +82,13 @@ class Reference:
         if data is None:
             return None
         mapping = _require_mapping(data, field=field, allowed=_REFERENCE_KEYS)
-        numbers = {key: _optional_number(mapping, key, field=field) for key in _REFERENCE_KEYS}
-        missing = sorted(key for key, number in numbers.items() if number is None)
-        if missing:
-            raise SchemaError(
-                f"a reference needs both mean and sd; missing {', '.join(missing)}", field=field
-            )
+        mean = _optional_number(mapping, "mean", field=field)
+        sd = _optional_number(mapping, "sd", field=field)
+        if mean is None or sd is None:
+            missing = " and ".join(key for key in ("mean", "sd") if mapping.get(key) is None)
+            raise SchemaError(f"a reference needs both mean and sd; missing {missing}", field=field)
         try:
-            return cls(mean=numbers["mean"], sd=numbers["sd"])  # type: ignore[arg-type]
+            return cls(mean=mean, sd=sd)
         except SchemaError as error:
             raise SchemaError(error.problem, field=f"{field}.{error.field}") from None
 
