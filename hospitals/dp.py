@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -288,11 +289,11 @@ def epsilon_of(steps: Sequence[PrivacyStep], *, delta: float, accountant: Accoun
 
 def _rdp_epsilon(history: Sequence[tuple[float, float, int]], *, delta: float) -> float:
     """Opacus's `RDPAccountant.get_privacy_spent`, step for step, with each mechanism's per-step
-    RDP taken from memory: a round asks for ε three times (run target, lifetime cap, reported ε)
-    and each curve costs ~0.1 s."""
+    RDP taken from `RDP_CURVES`: a round asks for ε three times (run target, lifetime cap,
+    reported ε) and each curve costs ~0.1 s."""
     rdp = sum(
         [
-            _rdp_per_step(noise_multiplier, sample_rate) * count
+            RDP_CURVES.per_step(noise_multiplier=noise_multiplier, sample_rate=sample_rate) * count
             for noise_multiplier, sample_rate, count in history
         ]
     )
@@ -300,20 +301,68 @@ def _rdp_epsilon(history: Sequence[tuple[float, float, int]], *, delta: float) -
     return float(epsilon)
 
 
-# compute_rdp(steps=n) is the one-step curve times n, so a remembered curve times n is the same
-# float array Opacus would compute.
-@functools.lru_cache(maxsize=1024)
-def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
-    curve = np.asarray(
-        compute_rdp(
-            q=sample_rate,
-            noise_multiplier=noise_multiplier,
-            steps=1,
-            orders=RDPAccountant.DEFAULT_ALPHAS,
+class RdpCurves:
+    """Opacus's one-step RDP curve (at `RDPAccountant.DEFAULT_ALPHAS`) of each (σ, q) met.
+
+    compute_rdp(steps=n) is the one-step curve times n, so a known curve times n is the same float
+    array Opacus would compute. A curve costs ~0.1 s of CPU and every round of a study needs the
+    same one, but each ClientApp task is a fresh fork of `cohort-launcher`: a task hands the
+    curves it computed to the launcher (`computed_records`, `remember`), whose later forks then
+    inherit them. Curves travel only between a node's own processes, never through a file, and
+    only as Opacus computed them: `remember` refuses a record that is not one.
+    """
+
+    RECORD = struct.Struct(f"<dd{len(RDPAccountant.DEFAULT_ALPHAS)}d")
+
+    def __init__(self) -> None:
+        self._curves: dict[tuple[float, float], np.ndarray] = {}
+        self._computed: list[tuple[float, float]] = []  # here, not remembered from elsewhere
+
+    def __len__(self) -> int:
+        return len(self._curves)
+
+    def per_step(self, *, noise_multiplier: float, sample_rate: float) -> np.ndarray:
+        key = (noise_multiplier, sample_rate)
+        if (known := self._curves.get(key)) is not None:
+            return known
+        curve = np.asarray(
+            compute_rdp(
+                q=sample_rate,
+                noise_multiplier=noise_multiplier,
+                steps=1,
+                orders=RDPAccountant.DEFAULT_ALPHAS,
+            ),
+            dtype=np.float64,
         )
-    )
-    curve.flags.writeable = False
-    return curve
+        self._keep(key, curve)
+        self._computed.append(key)
+        return curve
+
+    def computed_records(self) -> list[bytes]:
+        """Each curve this process computed itself, as one `RECORD` (atomic in one pipe write)."""
+        return [self.RECORD.pack(*key, *self._curves[key]) for key in self._computed]
+
+    def remember(self, record: bytes) -> None:
+        """Keep a curve another process of this node computed; ValueError if `record` is not one
+        that `computed_records` writes."""
+        if len(record) != self.RECORD.size:
+            raise ValueError(f"an RDP curve record has {self.RECORD.size} bytes, not {len(record)}")
+        noise_multiplier, sample_rate, *values = self.RECORD.unpack(record)
+        _require_positive_finite("noise_multiplier", noise_multiplier)
+        _require_sample_rate(sample_rate)
+        curve = np.array(values, dtype=np.float64)
+        # +inf is a valid order's bound (no guarantee at that α); NaN and negatives are not.
+        if np.any(np.isnan(curve) | (curve < 0)):
+            raise ValueError("an RDP curve holds no NaN and no negative value")
+        self._keep((noise_multiplier, sample_rate), curve)
+
+    def _keep(self, key: tuple[float, float], curve: np.ndarray) -> None:
+        curve.flags.writeable = False
+        self._curves[key] = curve
+
+
+#: This process's curves; `cohort-launcher` passes them on from task to task.
+RDP_CURVES = RdpCurves()
 
 
 def classic_rdp_epsilon(steps: Sequence[PrivacyStep], *, delta: float) -> float:

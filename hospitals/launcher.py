@@ -21,6 +21,11 @@ destructors that abort ("std::system_error: No such process"). Random state: CPy
 `random` in a child; numpy's and torch's global generators are inherited as they are, where a fresh
 interpreter would start them from fixed seeds anyway: the node seeds its own generators
 (hospitals/dp.py) and SEAL seeds each PRNG from the OS when a task encrypts.
+
+What a task hands back. A forked task's memory is gone when it exits, and with it Opacus's RDP
+curve of the study's (σ, q), ~0.1 s of CPU that every training round would otherwise compute
+again. So each task writes the curves it computed to a pipe as it exits, the launcher keeps them
+(`hospitals.dp.RDP_CURVES`) and later forks inherit them. Nothing else comes back.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from flwr.supercore.tls import validate_and_resolve_root_certificates
 from flwr.supercore.utils import disable_process_dumping
 from flwr.supernode.runtime import run_clientapp as clientapp_runtime
 
+from hospitals.dp import RDP_CURVES, RdpCurves
 from hospitals.polling import (
     DEFAULT_MAX_IDLE_WAIT_S,
     IdleBackoff,
@@ -117,9 +123,15 @@ def run_task(spec: ExecutionSpec) -> None:
 class ForkExecutor:
     """Flower's SuperExec `Executor` protocol (superexec/executor/types.py), forking per task."""
 
-    def __init__(self, task: Callable[[ExecutionSpec], None] = run_task) -> None:
+    def __init__(
+        self,
+        task: Callable[[ExecutionSpec], None] = run_task,
+        *,
+        curves: RdpCurves = RDP_CURVES,
+    ) -> None:
         self._task = task
-        self._children: dict[int, int] = {}  # pid → task id
+        self._curves = curves
+        self._children: dict[int, _Child] = {}
 
     @property
     def running(self) -> int:
@@ -153,12 +165,20 @@ class ForkExecutor:
         # Unflushed output would be written twice: once by the parent and once by the child.
         _flush_standard_streams()
         try:
+            reports, report_to = os.pipe()
+        except OSError as error:  # out of file descriptors
+            return LaunchResult.failed(f"no pipe for the task: {error}")
+        try:
             pid = os.fork()
         except OSError as error:  # out of processes or memory: the SuperNode expires the task
+            os.close(reports)
+            os.close(report_to)
             return LaunchResult.failed(f"fork failed: {error}")
         if pid == 0:
-            _run_child(spec, self._task)
-        self._children[pid] = spec.task_id
+            os.close(reports)
+            _run_child(spec, self._task, report=lambda: _report_curves(self._curves, report_to))
+        os.close(report_to)
+        self._children[pid] = _Child(task_id=spec.task_id, reports=reports)
         log(INFO, "Task %d: ClientApp forked as pid %d", spec.task_id, pid)
         return LaunchResult.accepted()
 
@@ -188,17 +208,58 @@ class ForkExecutor:
             self._reaped(pid, status)
 
     def _reaped(self, pid: int, status: int) -> None:
-        task_id = self._children.pop(pid)
+        child = self._children.pop(pid)
         log(
             INFO,
             "Task %d: pid %d exited with code %d",
-            task_id,
+            child.task_id,
             pid,
             os.waitstatus_to_exitcode(status),
         )
+        _remember_curves(self._curves, child.reports)
 
 
-def _run_child(spec: ExecutionSpec, task: Callable[[ExecutionSpec], None]) -> NoReturn:
+@dataclass(frozen=True)
+class _Child:
+    task_id: int
+    reports: int  # read end of the pipe the task writes its RDP curves to as it exits
+
+
+def _report_curves(curves: RdpCurves, report_to: int) -> None:
+    """Write the curves this task computed for the launcher to keep. Never blocks: a pipe holds
+    ~50 curves, and each record is written whole or not at all (it is under PIPE_BUF)."""
+    os.set_blocking(report_to, False)
+    for record in curves.computed_records():
+        try:
+            os.write(report_to, record)
+        except OSError:  # pipe full or closed: the curves are a saving, not a duty
+            break
+    os.close(report_to)
+
+
+def _remember_curves(curves: RdpCurves, reports: int) -> None:
+    """Keep the curves an exited task reported. Non-blocking: a process the task started could
+    still hold the pipe's write end open."""
+    os.set_blocking(reports, False)
+    received = bytearray()
+    try:
+        while chunk := os.read(reports, 1 << 16):
+            received += chunk
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(reports)
+    size = curves.RECORD.size
+    for start in range(0, len(received) - size + 1, size):
+        try:
+            curves.remember(bytes(received[start : start + size]))
+        except ValueError as error:
+            log(WARNING, "Ignored an RDP curve a task reported: %s", error)
+
+
+def _run_child(
+    spec: ExecutionSpec, task: Callable[[ExecutionSpec], None], *, report: Callable[[], None]
+) -> NoReturn:
     code = 1
     try:
         # The parent's handlers would unwind into its loop and clean-up; Flower's run_clientapp
@@ -213,6 +274,7 @@ def _run_child(spec: ExecutionSpec, task: Callable[[ExecutionSpec], None]) -> No
             os.getppid(),
         )
         code = exit_code(lambda: task(spec))
+        report()
     finally:
         _flush_standard_streams()
         os._exit(code)

@@ -16,6 +16,7 @@ from hospitals.dp import (
     DpSettings,
     GradSampleMode,
     PrivacyStep,
+    RdpCurves,
     TrainingSettings,
     epsilon_of,
     grad_sample_mode_for,
@@ -306,6 +307,61 @@ def test_rdp_epsilon_is_exactly_opacus_rdp_accountant() -> None:
     remembered = epsilon_of(steps, delta=DELTA, accountant=Accountant.RDP)
 
     assert first == remembered == opacus.get_epsilon(delta=DELTA)
+
+
+def test_rdp_curves_pass_between_processes_exactly(monkeypatch) -> None:
+    computing = RdpCurves()
+    curve = computing.per_step(noise_multiplier=0.9, sample_rate=0.02)
+    records = computing.computed_records()
+    assert np.array_equal(
+        curve,
+        compute_rdp(q=0.02, noise_multiplier=0.9, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS),
+    )
+
+    receiving = RdpCurves()
+    for record in records:
+        receiving.remember(record)
+    monkeypatch.setattr(dp_module, "compute_rdp", _must_not_compute)
+    remembered = receiving.per_step(noise_multiplier=0.9, sample_rate=0.02)
+
+    assert np.array_equal(remembered, curve)
+    assert not remembered.flags.writeable
+    # Only what a process computed itself goes on: remembered curves are not passed on again.
+    assert receiving.computed_records() == []
+
+
+def _must_not_compute(**kwargs: Any) -> None:
+    raise AssertionError(f"computed a curve it was given: {kwargs}")
+
+
+def curve_record(noise_multiplier: float, sample_rate: float, value: float) -> bytes:
+    return RdpCurves.RECORD.pack(
+        noise_multiplier, sample_rate, *[value] * len(RDPAccountant.DEFAULT_ALPHAS)
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        (curve_record(0.9, 0.02, 0.1)[:-1], "bytes"),
+        (curve_record(0.0, 0.02, 0.1), "noise_multiplier"),
+        (curve_record(float("nan"), 0.02, 0.1), "noise_multiplier"),
+        (curve_record(0.9, 1.5, 0.1), "sample_rate"),
+        (curve_record(0.9, 0.02, float("nan")), "NaN"),
+        (curve_record(0.9, 0.02, -0.1), "negative"),
+    ],
+)
+def test_rdp_curves_refuse_a_record_that_is_not_a_curve(record: bytes, problem: str) -> None:
+    curves = RdpCurves()
+    with pytest.raises(ValueError, match=problem):
+        curves.remember(record)
+    assert len(curves) == 0
+
+
+def test_rdp_curves_accept_an_order_without_a_bound() -> None:
+    curves = RdpCurves()
+    curves.remember(curve_record(0.3, 0.5, float("inf")))
+    assert np.isinf(curves.per_step(noise_multiplier=0.3, sample_rate=0.5)).all()
 
 
 def exact_gaussian_epsilon(*, noise_multiplier: float, steps: int, delta: float) -> float:

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
+from opacus.accountants import RDPAccountant
 
 from federation.deployment import LocalFederation
 from federation.runner import StudyRequest, run_and_follow
+from hospitals.dp import RdpCurves
 from hospitals.launcher import ForkExecutor, LauncherSettings, exit_code, parse_args
 from hospitals.protocol import canonical_json
 
@@ -122,6 +124,39 @@ def test_tasks_run_in_forked_children_that_are_reaped(tmp_path):
     recorded = [(tmp_path / str(task_id)).read_text().split() for task_id in (1, 2, 3)]
     assert {parent for _, parent in recorded} == {str(os.getpid())}
     assert len({child for child, _ in recorded}) == 3
+
+
+def test_tasks_hand_the_rdp_curves_they_computed_to_later_tasks(tmp_path):
+    curves = RdpCurves()
+
+    def task(spec: ExecutionSpec) -> None:
+        curves.per_step(noise_multiplier=1.1, sample_rate=0.05)
+        (tmp_path / str(spec.task_id)).write_text(str(len(curves.computed_records())))
+
+    executor = ForkExecutor(task, curves=curves)
+    for task_id in (1, 2):
+        executor.launch(execution_spec(task_id))
+        assert reap_all(executor) == 1
+
+    computed = [(tmp_path / str(task_id)).read_text() for task_id in (1, 2)]
+    assert computed == ["1", "0"]  # the second task inherited the first one's curve
+    assert len(curves) == 1
+
+
+class ReportingJunk(RdpCurves):
+    def computed_records(self) -> list[bytes]:
+        junk = RdpCurves.RECORD.pack(0.9, 7.0, *[0.1] * len(RDPAccountant.DEFAULT_ALPHAS))
+        return [*super().computed_records(), junk]
+
+
+def test_a_curve_report_that_is_not_a_curve_is_ignored(tmp_path):
+    curves = ReportingJunk()
+    executor = ForkExecutor(
+        lambda spec: curves.per_step(noise_multiplier=1.1, sample_rate=0.05), curves=curves
+    )
+    executor.launch(execution_spec(1))
+    assert reap_all(executor) == 1
+    assert len(curves) == 1  # the real curve is kept, the junk (q = 7) is not
 
 
 def test_close_stops_running_tasks_and_reaps_them():
