@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -17,7 +18,7 @@ from opacus.accountants import RDPAccountant
 from federation.deployment import LocalFederation
 from federation.runner import StudyRequest, run_and_follow
 from hospitals.dp import RdpCurves
-from hospitals.launcher import ForkExecutor, LauncherSettings, exit_code, parse_args
+from hospitals.launcher import ForkExecutor, LauncherSettings, exit_code, parse_args, preload
 from hospitals.protocol import canonical_json
 
 
@@ -157,6 +158,14 @@ def test_a_curve_report_that_is_not_a_curve_is_ignored(tmp_path):
     executor.launch(execution_spec(1))
     assert reap_all(executor) == 1
     assert len(curves) == 1  # the real curve is kept, the junk (q = 7) is not
+
+
+def test_preload_freezes_what_it_imported_out_of_the_tasks_garbage_collections():
+    try:
+        preload(("json",))
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_close_stops_running_tasks_and_reaps_them():
