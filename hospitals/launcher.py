@@ -331,11 +331,14 @@ def serve(settings: LauncherSettings) -> None:
         if settings.ready_file is not None:
             settings.ready_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
         while _alive(settings.parent_pid):
+            asked = time.monotonic()
             # A task's end, like its start, means the round goes on: the next message is near.
             if executor.reap_finished() or _acquire_and_launch(client, plugin, executor):
                 backoff.work_found()
             else:
-                time.sleep(backoff.next_wait())
+                # cohort-supernode holds a request until a task comes or a second has passed
+                # (hospitals/supernode.py, TaskWait): time waited there counts as waited here.
+                time.sleep(max(0.0, backoff.next_wait() - (time.monotonic() - asked)))
         log(
             INFO,
             "SuperNode (pid %s) exited; stopping %d running task(s)",
