@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -47,6 +48,8 @@ def _handle(
     act: Callable[[NodeSettings, RoundRequest], tuple[RecordDict, str]],
 ) -> Message:
     node = NodeSettings.from_node_config(context.node_config)
+    if node.cpu_threads is not None:
+        torch.set_num_threads(node.cpu_threads)
     identity = ConfigRecord({"hospital": node.hospital})
     try:
         request = round_request(msg)

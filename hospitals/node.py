@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NODE_CONFIG_KEYS = ("hospital", "data-path", "state-dir", "policy-path")
-OPTIONAL_NODE_CONFIG_KEYS = ("dataset-id", "portal-url", "device")
+OPTIONAL_NODE_CONFIG_KEYS = ("dataset-id", "portal-url", "device", "cpu-threads")
 # Where DP-SGD runs: the CPU, or a CUDA GPU (torch device names).
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 LEDGER_FILE = "privacy-ledger.sqlite3"
@@ -41,6 +41,8 @@ class NodeSettings:
     dataset_id: str
     portal_url: str | None = None
     device: str = "cpu"
+    # Torch's threads in each task; None: torch's default, one per core.
+    cpu_threads: int | None = None
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, object]) -> NodeSettings:
@@ -66,6 +68,7 @@ class NodeSettings:
             dataset_id=str(node_config.get("dataset-id") or data_path.stem),
             portal_url=portal_url,
             device=device,
+            cpu_threads=_cpu_threads(node_config.get("cpu-threads")),
         )
 
     @classmethod
@@ -108,6 +111,8 @@ class NodeSettings:
             pairs["portal-url"] = self.portal_url
         if self.device != "cpu":
             pairs["device"] = self.device
+        if self.cpu_threads is not None:
+            pairs["cpu-threads"] = str(self.cpu_threads)
         # JSON string escaping is valid TOML basic-string syntax.
         return "".join(f"{key} = {json.dumps(value)}\n" for key, value in pairs.items())
 
@@ -159,6 +164,16 @@ class NodeSettings:
                 f"portal's admin console) to {self.portal_token_path} with mode 0600"
             )
         return token
+
+
+def _cpu_threads(value: object) -> int | None:
+    """A positive whole number, as a string (node.toml) or an int (`--node-config "k=v"`)."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise NodeConfigError(f"cpu-threads must be a whole number of at least 1, got {value!r}")
+    return int(text)
 
 
 def _check_portal_url(url: str) -> None:
@@ -214,4 +229,9 @@ portal-url = "https://cohort.example.org"
 
 # Where DP-SGD trains: "cpu" (the default), or a GPU: "cuda" or "cuda:N".
 device = "cpu"
+
+# CPU threads each round's training and evaluation use; by default one per core. Where other
+# work shares the machine (several nodes, say), give the node its share of the cores: threads
+# that wait for a busy core make small models' training several times slower.
+cpu-threads = "4"
 """

@@ -121,6 +121,12 @@ class LocalFederation:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def cpu_threads_per_node(self) -> int:
+        """Every node trains on this one machine: each gets its share of the cores, so that no
+        task's torch threads wait for a core another node's task holds."""
+        return max(1, (os.cpu_count() or 1) // max(1, len(self.hospitals)))
+
     def __enter__(self) -> LocalFederation:
         try:
             self.start()
@@ -239,7 +245,8 @@ class LocalFederation:
         return f"SuperLink {self.address} (pid {superlink}); SuperNodes: {pids}"
 
     def _write_node_config(self, spec: HospitalNodeSpec) -> Path:
-        """The node.toml the SuperNode reads, with absolute paths whatever its working directory."""
+        """The node.toml the SuperNode reads, with absolute paths whatever its working directory,
+        and, unless the spec says otherwise, the node's share of this machine's cores."""
         path = self.workdir / "nodes" / f"{spec.hospital}.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         absolute = dataclasses.replace(
@@ -247,6 +254,7 @@ class LocalFederation:
             data_path=spec.data_path.resolve(),
             state_dir=spec.state_dir.resolve(),
             policy_path=spec.policy_path.resolve(),
+            cpu_threads=spec.cpu_threads or self.cpu_threads_per_node,
         )
         path.write_text(absolute.to_toml(), encoding="utf-8")
         return path

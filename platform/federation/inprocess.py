@@ -27,13 +27,16 @@ ReplyHook = Callable[[Message], Message | None]
 
 
 def node_config(spec: HospitalNodeSpec) -> dict[str, bool | float | int | str]:
-    return {
+    config: dict[str, bool | float | int | str] = {
         "hospital": spec.hospital,
         "data-path": str(spec.data_path),
         "state-dir": str(spec.state_dir),
         "policy-path": str(spec.policy_path),
         "dataset-id": spec.dataset_id,
     }
+    if spec.cpu_threads is not None:
+        config["cpu-threads"] = spec.cpu_threads  # an int, as Flower parses `cpu-threads=N`
+    return config
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from demo.setup import DEMO_CONSENT_WAIVER, node_policy_toml
@@ -10,8 +13,8 @@ from hospitals import wire
 from hospitals.protocol import canonical_json
 
 
-def ask(consortium, message_type: str) -> Message:
-    grid = InProcessGrid(consortium.hospitals[:1])
+def ask(consortium, message_type: str, *, cpu_threads: int | None = None) -> Message:
+    grid = InProcessGrid([dataclasses.replace(consortium.hospitals[0], cpu_threads=cpu_threads)])
     content = RecordDict(
         {
             wire.ROUND_CONFIG: ConfigRecord(
@@ -56,3 +59,14 @@ def test_a_node_without_consent_refuses_and_publishes_no_consent(make_consortium
     identity = reply.content.config_records[wire.IDENTITY]
     assert "consent" not in identity
     assert identity["epsilon_conversion"] == "rdp-balle2020"
+
+
+def test_a_task_trains_with_the_threads_its_node_config_gives(make_consortium):
+    consortium = make_consortium(rounds=1)
+    threads = torch.get_num_threads()
+    try:
+        reply = ask(consortium, wire.TRAIN, cpu_threads=threads + 1)
+        assert wire.REFUSAL not in reply.content.config_records
+        assert torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)

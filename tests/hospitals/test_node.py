@@ -33,9 +33,11 @@ def test_the_template_documents_every_key_and_loads(tmp_path):
         "dataset-id",
         "portal-url",
         "device",
+        "cpu-threads",
     }
     assert node.portal_url == "https://cohort.example.org"
     assert node.device == "cpu"
+    assert node.cpu_threads == 4
     assert node.outbound_log_path == Path("/srv/cohort/state/outbound.jsonl")
 
 
@@ -48,6 +50,7 @@ def test_the_file_reads_as_flower_reads_it(tmp_path):
         dataset_id="a/breast",
         portal_url="http://127.0.0.1:8000",
         device="cuda:1",
+        cpu_threads=2,
     )
     path = write(tmp_path, settings.to_toml())
 
@@ -62,6 +65,7 @@ def test_portal_url_is_optional(tmp_path):
     )
 
     assert node.portal_url is None and node.dataset_id == "d" and node.device == "cpu"
+    assert node.cpu_threads is None
 
 
 @pytest.mark.parametrize(
@@ -80,6 +84,14 @@ def test_portal_url_is_optional(tmp_path):
             'hospital = "h"\ndata-path = "d"\nstate-dir = "s"\npolicy-path = "p"\ndevice = "gpu"\n',
             'device must be "cpu", "cuda" or "cuda:N"',
         ),
+        *(
+            (
+                'hospital = "h"\ndata-path = "d"\nstate-dir = "s"\npolicy-path = "p"\n'
+                f'cpu-threads = "{threads}"\n',
+                "cpu-threads must be a whole number of at least 1",
+            )
+            for threads in ("0", "-2", "1.5", "all")
+        ),
     ],
 )
 def test_a_bad_node_file_names_the_problem(tmp_path, text, expected):
@@ -87,6 +99,13 @@ def test_a_bad_node_file_names_the_problem(tmp_path, text, expected):
     with pytest.raises(NodeConfigError, match=expected) as raised:
         NodeSettings.from_file(path)
     assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize(("value", "threads"), [(3, 3), ("2", 2), ("", None)])
+def test_cpu_threads_come_as_flower_parses_them(tmp_path, value, threads):
+    config = {"hospital": "h", "data-path": "d", "state-dir": "s", "policy-path": "p"}
+    node = NodeSettings.from_node_config({**config, "cpu-threads": value})
+    assert node.cpu_threads == threads
 
 
 def test_a_missing_node_file_says_where_it_looked(tmp_path):
