@@ -50,8 +50,8 @@ FLOWER_IDLE_WAIT_S = 3.0
 FLOWER_REPLY_CHECK_S = 0.5
 REPLY_CHECK_S = 0.05
 # An AcquireTask finding no pending task looks again every TASK_CHECK_S, in this process's memory,
-# for up to TASK_WAIT_S: well within the launcher's 30 s HTTP timeout, and short enough that it
-# still notices its SuperNode stopping within a second.
+# for up to TASK_WAIT_S: well within the launcher's 30 s HTTP timeout, and short enough that the
+# launcher, between requests, still checks every second that its SuperNode lives.
 TASK_WAIT_S = 1.0
 TASK_CHECK_S = 0.01
 
