@@ -470,11 +470,12 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "Medians are over rounds 2 onwards; round 1 (shown apart) also waits for the "
             "ServerApp and first ClientApps to start.",
             "Each ClientApp task is forked from a warm launcher (cohort-launcher), not started "
-            "fresh, and SuperNodes (cohort-supernode) and launchers poll 0.05 s after work, "
-            "backing off to 1 s, where Flower's SuperNode waits 3 s. A round is two exchanges "
-            "per hospital (train, evaluate); the overhead also holds every hospital's HE "
-            "encryption and decryption (once per global model) and its evaluation, all sharing "
-            "this machine's cores.",
+            "fresh; SuperNodes (cohort-supernode) poll the SuperLink 0.05 s after work, "
+            "backing off to 1 s, where Flower's SuperNode waits 3 s, and hold a launcher's "
+            "request until a task is pending. Each node's tasks use its share of the cores "
+            "(cpu-threads). A round is two exchanges per hospital (train, evaluate); the "
+            "overhead also holds every hospital's HE encryption and decryption (once per global "
+            "model) and its evaluation, all sharing this machine's cores.",
             "Hospitals' CPU s / round: CPU time of every hospital's SuperNode, launcher and "
             f"ClientApp tasks over the run, per round. Divided by this machine's "
             f"{psutil.cpu_count()} cores it is the part of a round the hospitals' own work "
