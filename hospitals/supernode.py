@@ -10,21 +10,24 @@ growing to `--max-idle-wait` while none comes) and a reply check takes `REPLY_CH
 the SuperNode's own memory, not the network. A message's object that the SuperLink does not
 hold yet is asked for again within 0.05 s, not 1 s (`retry_object_pulls_sooner`). And a launcher's
 request for a task, when none is pending, waits up to `TASK_WAIT_S` for one (`TaskWait`) instead
-of returning at once: the launcher learns of a task within `TASK_CHECK_S` of its message, and
-sends one request a second while idle, not a burst of them after each task.
+of returning at once: the SuperNode's state announces each task it creates (`TaskArrivals`), so
+the launcher learns of it at once, and sends one request a second while idle, not a burst of them
+after each task.
 
     cohort-supernode [--max-idle-wait SECONDS] <flower-supernode arguments>
 
-The changes reach two modules only: the loop's, through its names `time` (which it uses for nothing
-but these sleeps) and `pull_objects`, and the Runtime API's handlers, through `acquire_task`;
-`install` refuses a Flower without them, and tests/hospitals/test_supernode.py fails when a Flower
-upgrade changes the sleeps themselves.
+The changes reach the loop's module, through its names `time` (which it uses for nothing but these
+sleeps) and `pull_objects`, the Runtime API's handlers, through `acquire_task`, and
+`InMemoryNodeState.create_task`; `install` refuses a Flower without the first three, and
+tests/hospitals/test_supernode.py fails when a Flower upgrade changes the sleeps themselves.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from flwr.proto.runtime_pb2 import AcquireTaskRequest, AcquireTaskResponse
 from flwr.supercore import log
 from flwr.supernode.cli.flower_supernode import flower_supernode
 from flwr.supernode.nodestate import NodeState
+from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 from flwr.supernode.servicer.runtime import runtime_handlers
 
 from hospitals.polling import (
@@ -49,11 +53,10 @@ from hospitals.polling import (
 FLOWER_IDLE_WAIT_S = 3.0
 FLOWER_REPLY_CHECK_S = 0.5
 REPLY_CHECK_S = 0.05
-# An AcquireTask finding no pending task looks again every TASK_CHECK_S, in this process's memory,
-# for up to TASK_WAIT_S: well within the launcher's 30 s HTTP timeout, and short enough that the
-# launcher, between requests, still checks every second that its SuperNode lives.
+# An AcquireTask finding no pending task waits for one up to TASK_WAIT_S: well within the
+# launcher's 30 s HTTP timeout, and short enough that the launcher, between requests, still checks
+# every second that its SuperNode lives.
 TASK_WAIT_S = 1.0
-TASK_CHECK_S = 0.01
 
 
 class SuperNodeClock:
@@ -80,22 +83,65 @@ class SuperNodeClock:
 AcquireTask = Callable[[AcquireTaskRequest, NodeState], AcquireTaskResponse]
 
 
+class TaskArrivals:
+    """Counts the tasks this SuperNode creates, and wakes whoever waits for the next one."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._created = 0
+
+    @property
+    def created(self) -> int:
+        return self._created
+
+    def announce(self) -> None:
+        with self._condition:
+            self._created += 1
+            self._condition.notify_all()
+
+    def wait_past(self, seen: int, *, timeout_s: float) -> None:
+        """Return once more than `seen` tasks were created, or after `timeout_s`."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._created != seen, timeout=timeout_s)
+
+
+#: This process's: Flower's NodeState announces each task it creates here (see `install`).
+TASK_ARRIVALS = TaskArrivals()
+FLOWER_CREATE_TASK = InMemoryNodeState.create_task
+
+
 @dataclass(frozen=True)
 class TaskWait:
-    """Flower's AcquireTask handler, answering "no task" only after `wait_s` without one."""
+    """Flower's AcquireTask handler, answering "no task" only after `wait_s` without one: it
+    looks again when `arrivals` announces a task, costing nothing while none comes."""
 
     acquire: AcquireTask
+    arrivals: TaskArrivals = TASK_ARRIVALS
     wait_s: float = TASK_WAIT_S
-    check_s: float = TASK_CHECK_S
-    sleep: Callable[[float], None] = time.sleep
 
     def __call__(self, request: AcquireTaskRequest, state: NodeState) -> AcquireTaskResponse:
         deadline = time.monotonic() + self.wait_s
         while True:
+            # Read before looking, so that a task created in between ends the wait at once.
+            seen = self.arrivals.created
             response = self.acquire(request, state)
-            if response.HasField("task") or time.monotonic() >= deadline:
+            remaining_s = deadline - time.monotonic()
+            if response.HasField("task") or remaining_s <= 0:
                 return response
-            self.sleep(self.check_s)
+            self.arrivals.wait_past(seen, timeout_s=remaining_s)
+
+
+def announcing(create_task: Callable[..., int | None]) -> Callable[..., int | None]:
+    """NodeState.create_task, announcing each created task to `TASK_ARRIVALS`."""
+
+    @functools.wraps(create_task)
+    def create_and_announce(*args: Any, **kwargs: Any) -> int | None:
+        task_id = create_task(*args, **kwargs)
+        if task_id is not None:
+            TASK_ARRIVALS.announce()
+        return task_id
+
+    return create_and_announce
 
 
 def install(backoff: IdleBackoff) -> None:
@@ -106,6 +152,9 @@ def install(backoff: IdleBackoff) -> None:
     retry_object_pulls_sooner(supernode_loop, "pull_objects")
     if not isinstance(runtime_handlers.acquire_task, TaskWait):
         replace_in_flower(runtime_handlers, "acquire_task", TaskWait(runtime_handlers.acquire_task))
+    # The SuperNode's only NodeState (flwr/supernode/nodestate/nodestate_factory.py).
+    if InMemoryNodeState.create_task is FLOWER_CREATE_TASK:
+        InMemoryNodeState.create_task = announcing(FLOWER_CREATE_TASK)  # type: ignore[method-assign]
     log(
         INFO,
         "Polling the SuperLink %g s after a message, backing off to %g s while none comes",
