@@ -337,7 +337,7 @@ def serve(settings: LauncherSettings) -> None:
                 backoff.work_found()
             else:
                 # cohort-supernode holds a request until a task comes or a second has passed
-                # (hospitals/supernode.py, TaskWait): time waited there counts as waited here.
+                # (hospitals/supernode.py, task_wait): time waited there counts as waited here.
                 time.sleep(max(0.0, backoff.next_wait() - (time.monotonic() - asked)))
         log(
             INFO,

@@ -9,22 +9,34 @@ fraction of a core busy answering empty polls (measured for the launcher: 2.7% o
 within seconds, then a study may not run for days), so the wait starts short after work and grows
 geometrically while none comes: a message that arrives after an idle gap of g seconds waits at
 most about (factor − 1)·g more, and a long idle spell costs one poll per `longest_s`.
+
+Where Cohort runs the answering side too, it holds a request that finds no work until some comes
+(`HeldRequest`): the store that receives work announces it (`Arrivals`, `announcing`), so the
+asker hears at once, and an idle asker costs one request per hold.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import functools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 DEFAULT_MAX_IDLE_WAIT_S = 1.0
 MAX_IDLE_WAIT_BOUNDS_S = (0.05, 60.0)
 # Retries of an object pull that found the object not stored yet (see retry_object_pulls_sooner).
 OBJECT_RETRY_FIRST_S = 0.05
 OBJECT_RETRY_LONGEST_S = 1.0
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+StoredT = TypeVar("StoredT")
 
 
 @dataclass
@@ -108,3 +120,66 @@ def retry_object_pulls_sooner(module: ModuleType, name: str) -> None:
         name,
         partial(pull, initial_backoff=OBJECT_RETRY_FIRST_S, backoff_cap=OBJECT_RETRY_LONGEST_S),
     )
+
+
+class Arrivals:
+    """Counts the work stored for each recipient, and wakes whoever waits for more of it."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._counts: Counter[Hashable] = Counter()
+
+    def count(self, recipient: Hashable = None) -> int:
+        with self._condition:
+            return self._counts[recipient]
+
+    def announce(self, recipient: Hashable = None) -> None:
+        with self._condition:
+            self._counts[recipient] += 1
+            self._condition.notify_all()
+
+    def wait_past(self, seen: int, *, timeout_s: float, recipient: Hashable = None) -> None:
+        """Return once `recipient` has more than `seen` arrivals, or after `timeout_s`."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._counts[recipient] != seen, timeout=timeout_s)
+
+
+def announcing(
+    store: Callable[..., StoredT | None], arrivals: Arrivals
+) -> Callable[..., StoredT | None]:
+    """`store`, a Flower state's method that returns None when it stores nothing, announcing to
+    `arrivals` each time it stores something."""
+
+    @functools.wraps(store)
+    def store_and_announce(*args: Any, **kwargs: Any) -> StoredT | None:
+        stored = store(*args, **kwargs)
+        if stored is not None:
+            arrivals.announce()
+        return stored
+
+    return store_and_announce
+
+
+@dataclass(frozen=True)
+class HeldRequest(Generic[RequestT, ResponseT]):
+    """A Flower request handler that answers "nothing yet" only after `wait_s` without work: it
+    asks `handler` again whenever `arrivals` announces work for the request's recipient, and costs
+    nothing in between."""
+
+    handler: Callable[..., ResponseT]
+    has_work: Callable[[ResponseT], bool]
+    arrivals: Arrivals
+    wait_s: float
+    recipient: Callable[[RequestT], Hashable] = lambda request: None
+
+    def __call__(self, request: RequestT, *args: Any, **kwargs: Any) -> ResponseT:
+        recipient = self.recipient(request)
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            # Read before looking, so that work stored in between ends the wait at once.
+            seen = self.arrivals.count(recipient)
+            response = self.handler(request, *args, **kwargs)
+            remaining_s = deadline - time.monotonic()
+            if self.has_work(response) or remaining_s <= 0:
+                return response
+            self.arrivals.wait_past(seen, timeout_s=remaining_s, recipient=recipient)

@@ -5,14 +5,16 @@ sleeps a fixed 3 s whenever it pulls and finds no message, and 0.5 s between che
 ClientApp's reply; nothing in Flower configures either. A round is two exchanges per hospital
 (train, evaluate) and each message arrives while the SuperNode sleeps, so those fixed waits cost a
 study several seconds per round whatever its size. This entry point runs Flower's own SuperNode,
-arguments and all, with two changes. An idle wait follows `IdleBackoff` (short after a message,
-growing to `--max-idle-wait` while none comes) and a reply check takes `REPLY_CHECK_S`: it reads
-the SuperNode's own memory, not the network. A message's object that the SuperLink does not
-hold yet is asked for again within 0.05 s, not 1 s (`retry_object_pulls_sooner`). And a launcher's
-request for a task, when none is pending, waits up to `TASK_WAIT_S` for one (`TaskWait`) instead
-of returning at once: the SuperNode's state announces each task it creates (`TaskArrivals`), so
-the launcher learns of it at once, and sends one request a second while idle, not a burst of them
-after each task.
+arguments and all, with these changes. An idle wait follows `IdleBackoff` (short after a message,
+growing to `--max-idle-wait` while none comes), counted from the start of the empty pull: when
+`cohort-superlink` held the pull until its wait ran out, the next pull follows at once, so the
+SuperLink tells the SuperNode of a message the moment it has one. A reply check takes
+`REPLY_CHECK_S`: it reads the SuperNode's own memory, not the network. A message's object that the
+SuperLink does not hold yet is asked for again within 0.05 s, not 1 s
+(`retry_object_pulls_sooner`). And a launcher's request for a task, when none is pending, waits up
+to `TASK_WAIT_S` for one (`task_wait`) instead of returning at once: the SuperNode's state
+announces each task it creates (`TASK_ARRIVALS`), so the launcher learns of it at once, and sends
+one request a second while idle, not a burst of them after each task.
 
     cohort-supernode [--max-idle-wait SECONDS] <flower-supernode arguments>
 
@@ -25,12 +27,9 @@ tests/hospitals/test_supernode.py fails when a Flower upgrade changes the sleeps
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from logging import INFO
 from typing import Any
 
@@ -38,13 +37,15 @@ import flwr.supernode.start_client_internal as supernode_loop
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, AcquireTaskResponse
 from flwr.supercore import log
 from flwr.supernode.cli.flower_supernode import flower_supernode
-from flwr.supernode.nodestate import NodeState
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 from flwr.supernode.servicer.runtime import runtime_handlers
 
 from hospitals.polling import (
+    Arrivals,
+    HeldRequest,
     IdleBackoff,
     add_max_idle_wait_option,
+    announcing,
     replace_in_flower,
     retry_object_pulls_sooner,
 )
@@ -62,99 +63,69 @@ TASK_WAIT_S = 1.0
 class SuperNodeClock:
     """Stands in for the `time` module inside Flower's SuperNode loop."""
 
-    def __init__(self, backoff: IdleBackoff, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        backoff: IdleBackoff,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._backoff = backoff
         self._sleep = sleep
+        self._monotonic = monotonic
+        self._awake_since = monotonic()
 
     def sleep(self, seconds: float) -> None:
         if seconds == FLOWER_IDLE_WAIT_S:
-            self._sleep(self._backoff.next_wait())
+            # The wait runs from the start of the empty pull: a pull that cohort-superlink held
+            # for a message already waited, and is followed by the next at once.
+            pulled_for_s = self._monotonic() - self._awake_since
+            self._nap(self._backoff.next_wait() - pulled_for_s)
         elif seconds == FLOWER_REPLY_CHECK_S:
             # Only a pulled message makes the loop wait for a reply: the next one may follow soon.
             self._backoff.work_found()
-            self._sleep(REPLY_CHECK_S)
+            self._nap(REPLY_CHECK_S)
         else:
+            self._nap(seconds)
+
+    def _nap(self, seconds: float) -> None:
+        if seconds > 0:
             self._sleep(seconds)
+        self._awake_since = self._monotonic()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
-AcquireTask = Callable[[AcquireTaskRequest, NodeState], AcquireTaskResponse]
-
-
-class TaskArrivals:
-    """Counts the tasks this SuperNode creates, and wakes whoever waits for the next one."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._created = 0
-
-    @property
-    def created(self) -> int:
-        return self._created
-
-    def announce(self) -> None:
-        with self._condition:
-            self._created += 1
-            self._condition.notify_all()
-
-    def wait_past(self, seen: int, *, timeout_s: float) -> None:
-        """Return once more than `seen` tasks were created, or after `timeout_s`."""
-        with self._condition:
-            self._condition.wait_for(lambda: self._created != seen, timeout=timeout_s)
-
-
 #: This process's: Flower's NodeState announces each task it creates here (see `install`).
-TASK_ARRIVALS = TaskArrivals()
+TASK_ARRIVALS = Arrivals()
 FLOWER_CREATE_TASK = InMemoryNodeState.create_task
 
 
-@dataclass(frozen=True)
-class TaskWait:
-    """Flower's AcquireTask handler, answering "no task" only after `wait_s` without one: it
-    looks again when `arrivals` announces a task, costing nothing while none comes."""
-
-    acquire: AcquireTask
-    arrivals: TaskArrivals = TASK_ARRIVALS
-    wait_s: float = TASK_WAIT_S
-
-    def __call__(self, request: AcquireTaskRequest, state: NodeState) -> AcquireTaskResponse:
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            # Read before looking, so that a task created in between ends the wait at once.
-            seen = self.arrivals.created
-            response = self.acquire(request, state)
-            remaining_s = deadline - time.monotonic()
-            if response.HasField("task") or remaining_s <= 0:
-                return response
-            self.arrivals.wait_past(seen, timeout_s=remaining_s)
-
-
-def announcing(create_task: Callable[..., int | None]) -> Callable[..., int | None]:
-    """NodeState.create_task, announcing each created task to `TASK_ARRIVALS`."""
-
-    @functools.wraps(create_task)
-    def create_and_announce(*args: Any, **kwargs: Any) -> int | None:
-        task_id = create_task(*args, **kwargs)
-        if task_id is not None:
-            TASK_ARRIVALS.announce()
-        return task_id
-
-    return create_and_announce
+def task_wait(
+    acquire_task: Callable[..., AcquireTaskResponse],
+) -> HeldRequest[AcquireTaskRequest, AcquireTaskResponse]:
+    """Flower's AcquireTask handler, answering "no task" only after `TASK_WAIT_S` without one."""
+    return HeldRequest(
+        acquire_task,
+        has_work=lambda response: response.HasField("task"),
+        arrivals=TASK_ARRIVALS,
+        wait_s=TASK_WAIT_S,
+    )
 
 
 def install(backoff: IdleBackoff) -> None:
     """Make Flower's SuperNode loop, in this process, poll as `backoff` says, and its Runtime API
-    hold a request for a task until one comes (`TaskWait`)."""
+    hold a request for a task until one comes (`task_wait`)."""
     # Flower's module's own name for `time`, not `time` itself: other modules keep the real sleep.
     replace_in_flower(supernode_loop, "time", SuperNodeClock(backoff))
     retry_object_pulls_sooner(supernode_loop, "pull_objects")
-    if not isinstance(runtime_handlers.acquire_task, TaskWait):
-        replace_in_flower(runtime_handlers, "acquire_task", TaskWait(runtime_handlers.acquire_task))
+    if not isinstance(runtime_handlers.acquire_task, HeldRequest):
+        replace_in_flower(
+            runtime_handlers, "acquire_task", task_wait(runtime_handlers.acquire_task)
+        )
     # The SuperNode's only NodeState (flwr/supernode/nodestate/nodestate_factory.py).
     if InMemoryNodeState.create_task is FLOWER_CREATE_TASK:
-        InMemoryNodeState.create_task = announcing(FLOWER_CREATE_TASK)  # type: ignore[method-assign]
+        InMemoryNodeState.create_task = announcing(FLOWER_CREATE_TASK, TASK_ARRIVALS)  # type: ignore[method-assign]
     log(
         INFO,
         "Polling the SuperLink %g s after a message, backing off to %g s while none comes",

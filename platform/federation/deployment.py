@@ -148,7 +148,8 @@ class LocalFederation:
         self.superlink = ManagedProcess(
             "superlink",
             [
-                str(SCRIPTS_DIR / "flower-superlink"),
+                # Flower's SuperLink, holding empty pulls for messages (federation/superlink.py).
+                str(SCRIPTS_DIR / "cohort-superlink"),
                 "--insecure",
                 "--port",
                 str(self.port),

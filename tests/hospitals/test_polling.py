@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import threading
+import time
+from dataclasses import dataclass
 from types import ModuleType
 
 import flwr.supernode.start_client_internal as supernode_loop
@@ -14,8 +17,11 @@ from flwr.supernode.runtime import run_clientapp
 from hospitals.polling import (
     OBJECT_RETRY_FIRST_S,
     OBJECT_RETRY_LONGEST_S,
+    Arrivals,
+    HeldRequest,
     IdleBackoff,
     add_max_idle_wait_option,
+    announcing,
     replace_in_flower,
     retry_object_pulls_sooner,
 )
@@ -89,3 +95,74 @@ def test_installed_flower_pulls_objects_with_the_retry_keywords(module, name):
     parameters = inspect.signature(getattr(pull, "func", pull)).parameters
     assert parameters["initial_backoff"].default == 1
     assert "backoff_cap" in parameters
+
+
+@dataclass
+class Inbox:
+    """A handler over work stored for recipients "a" and "b": it answers a recipient's count of
+    items once `arrivals` announced `needed` of them, and "nothing yet" (0) before."""
+
+    arrivals: Arrivals
+    needed: int
+    calls: int = 0
+
+    def __call__(self, recipient: str) -> int:
+        self.calls += 1
+        count = self.arrivals.count(recipient)
+        return count if count >= self.needed else 0
+
+    def held(self, wait_s: float) -> HeldRequest[str, int]:
+        return HeldRequest(
+            self,
+            has_work=lambda items: items > 0,
+            arrivals=self.arrivals,
+            wait_s=wait_s,
+            recipient=lambda recipient: recipient,
+        )
+
+
+def announce_later(
+    arrivals: Arrivals, recipients: list[str], *, every_s: float
+) -> threading.Thread:
+    def announce() -> None:
+        for recipient in recipients:
+            time.sleep(every_s)
+            arrivals.announce(recipient)
+
+    thread = threading.Thread(target=announce)
+    thread.start()
+    return thread
+
+
+def test_a_held_request_is_answered_when_work_arrives_for_its_recipient():
+    inbox = Inbox(Arrivals(), needed=2)
+    announcer = announce_later(inbox.arrivals, ["b", "a", "b", "a"], every_s=0.05)
+    began = time.monotonic()
+    items = inbox.held(wait_s=30)("a")
+    announcer.join()
+    assert items == 2
+    assert time.monotonic() - began < 5
+    assert inbox.calls == 3  # at first, then once per arrival for "a": never for "b", no polling
+
+
+def test_work_already_stored_is_answered_at_once():
+    inbox = Inbox(Arrivals(), needed=1)
+    inbox.arrivals.announce("a")
+    assert inbox.held(wait_s=30)("a") == 1
+    assert inbox.calls == 1
+
+
+def test_a_held_request_answers_nothing_after_its_wait():
+    inbox = Inbox(Arrivals(), needed=1)
+    inbox.arrivals.announce("b")
+    began = time.monotonic()
+    assert inbox.held(wait_s=0.05)("a") == 0
+    assert 0.05 <= time.monotonic() - began < 5
+    assert inbox.calls == 2  # once at first, once when the wait ran out
+
+
+def test_a_store_announces_what_it_stored():
+    arrivals = Arrivals()
+    store = announcing(lambda key: key if key.startswith("task") else None, arrivals)
+    assert [store("task-1"), store("nothing"), store("task-2")] == ["task-1", None, "task-2"]
+    assert arrivals.count() == 2

@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import ast
 import inspect
-import threading
 import time
 from functools import partial
 
 import flwr.supernode.start_client_internal as supernode_loop
 import pytest
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, AcquireTaskResponse
-from flwr.proto.task_pb2 import Task
 from flwr.supercore.constant import TaskType
 from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 from flwr.supernode.servicer.runtime import runtime_handlers
 
-from hospitals.polling import OBJECT_RETRY_FIRST_S, IdleBackoff
+from hospitals.polling import OBJECT_RETRY_FIRST_S, HeldRequest, IdleBackoff
 from hospitals.supernode import (
     FLOWER_CREATE_TASK,
     FLOWER_IDLE_WAIT_S,
     FLOWER_REPLY_CHECK_S,
     REPLY_CHECK_S,
     TASK_ARRIVALS,
+    TASK_WAIT_S,
     SuperNodeClock,
-    TaskArrivals,
-    TaskWait,
     install,
     parser,
 )
@@ -51,15 +47,43 @@ def test_the_installed_flower_sleeps_as_the_clock_expects():
     )
 
 
+class Timeline:
+    """A clock that moves only when told, or when something sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def clock(self, backoff: IdleBackoff) -> SuperNodeClock:
+        return SuperNodeClock(backoff, sleep=self.sleep, monotonic=self.monotonic)
+
+
 def test_idle_waits_back_off_and_a_reply_check_restarts_them():
-    slept: list[float] = []
-    clock = SuperNodeClock(IdleBackoff(first_s=0.1, longest_s=0.3, factor=2), sleep=slept.append)
+    timeline = Timeline()
+    clock = timeline.clock(IdleBackoff(first_s=0.1, longest_s=0.3, factor=2))
     for _ in range(3):
         clock.sleep(FLOWER_IDLE_WAIT_S)
     clock.sleep(FLOWER_REPLY_CHECK_S)
     clock.sleep(FLOWER_IDLE_WAIT_S)
     clock.sleep(7)
-    assert slept == [0.1, 0.2, 0.3, REPLY_CHECK_S, 0.1, 7]
+    assert timeline.slept == [0.1, 0.2, 0.3, REPLY_CHECK_S, 0.1, 7]
+
+
+def test_an_idle_wait_counts_from_the_start_of_the_empty_pull():
+    timeline = Timeline()
+    clock = timeline.clock(IdleBackoff(first_s=0.1, longest_s=1.0, factor=2))
+    timeline.now += 0.05  # a pull answered at once: the rest of the wait follows
+    clock.sleep(FLOWER_IDLE_WAIT_S)
+    timeline.now += 2.0  # a pull the SuperLink held until its wait ran out: the next one at once
+    clock.sleep(FLOWER_IDLE_WAIT_S)
+    assert timeline.slept == pytest.approx([0.05])
 
 
 def test_the_clock_lends_the_rest_of_the_time_module():
@@ -79,72 +103,15 @@ def test_install_changes_only_flowers_supernode_loop_task_handler_and_state(monk
     assert isinstance(supernode_loop.pull_objects, partial)
     assert supernode_loop.pull_objects.keywords["initial_backoff"] == OBJECT_RETRY_FIRST_S
     assert time.sleep is not supernode_loop.time.sleep  # the real module is untouched
-    assert isinstance(runtime_handlers.acquire_task, TaskWait)
-    assert runtime_handlers.acquire_task.acquire is flowers_acquire
+    assert isinstance(runtime_handlers.acquire_task, HeldRequest)
+    assert runtime_handlers.acquire_task.handler is flowers_acquire
+    assert runtime_handlers.acquire_task.wait_s == TASK_WAIT_S
     assert InMemoryNodeState.create_task.__wrapped__ is FLOWER_CREATE_TASK
 
     state = InMemoryNodeState(InMemoryObjectStore())
-    before = TASK_ARRIVALS.created
+    before = TASK_ARRIVALS.count()
     state.create_task(task_type=TaskType.CLIENT_APP, run_id=1, fab_hash="f")
-    assert TASK_ARRIVALS.created == before + 1
-
-
-class PendingAfter:
-    """An AcquireTask handler whose task is pending once `arrivals` announced `tasks` tasks."""
-
-    def __init__(self, arrivals: TaskArrivals, tasks: int) -> None:
-        self.arrivals = arrivals
-        self.tasks = tasks
-        self.calls = 0
-
-    def __call__(self, request: AcquireTaskRequest, state: object) -> AcquireTaskResponse:
-        self.calls += 1
-        if self.arrivals.created < self.tasks:
-            return AcquireTaskResponse()
-        return AcquireTaskResponse(task=Task(task_id=7), token="token")  # noqa: S106
-
-
-def announce_later(arrivals: TaskArrivals, *, times: int, after_s: float) -> threading.Thread:
-    def announce() -> None:
-        for _ in range(times):
-            time.sleep(after_s)
-            arrivals.announce()
-
-    thread = threading.Thread(target=announce)
-    thread.start()
-    return thread
-
-
-def test_a_waiting_request_for_a_task_is_answered_when_one_is_created():
-    arrivals = TaskArrivals()
-    handler = PendingAfter(arrivals, tasks=2)
-    wait = TaskWait(handler, arrivals=arrivals, wait_s=30)
-    announcer = announce_later(arrivals, times=2, after_s=0.05)
-    began = time.monotonic()
-    response = wait(AcquireTaskRequest(), state=None)
-    announcer.join()
-    assert response.task.task_id == 7
-    assert time.monotonic() - began < 5
-    assert handler.calls <= 3  # woken by announcements, not polling
-
-
-def test_a_pending_task_is_answered_at_once():
-    arrivals = TaskArrivals()
-    arrivals.announce()
-    handler = PendingAfter(arrivals, tasks=1)
-    response = TaskWait(handler, arrivals=arrivals, wait_s=30)(AcquireTaskRequest(), state=None)
-    assert response.task.task_id == 7
-    assert handler.calls == 1
-
-
-def test_a_request_for_a_task_gives_up_after_the_wait():
-    arrivals = TaskArrivals()
-    handler = PendingAfter(arrivals, tasks=1)
-    began = time.monotonic()
-    response = TaskWait(handler, arrivals=arrivals, wait_s=0.05)(AcquireTaskRequest(), state=None)
-    assert not response.HasField("task")
-    assert 0.05 <= time.monotonic() - began < 5
-    assert handler.calls == 2  # once at first, once when the wait ran out
+    assert TASK_ARRIVALS.count() == before + 1
 
 
 @pytest.mark.parametrize(

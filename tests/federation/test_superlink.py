@@ -1,0 +1,176 @@
+"""`cohort-superlink`: Flower's SuperLink, holding a SuperNode's empty pull for messages."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import anyio
+import anyio.to_thread
+import flwr.superlink.main as superlink_app
+import pytest
+from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
+from flwr.proto.message_pb2 import Message as MessageProto
+from flwr.proto.node_pb2 import Node
+from flwr.superlink.servicer.fleet import fleet_handlers
+
+from federation.superlink import (
+    LINK_STATES,
+    MESSAGE_ARRIVALS,
+    OBJECT_STORES,
+    PULL_WAIT_S,
+    WORKER_THREADS,
+    MessagesInFlight,
+    MoreWorkerThreads,
+    install,
+    main,
+    message_wait,
+    tracking_messages,
+    tracking_objects,
+)
+from hospitals.polling import Arrivals, HeldRequest
+
+
+def test_install_changes_flowers_pull_handler_link_states_and_middleware(monkeypatch):
+    flowers_pull = fleet_handlers.pull_messages
+    flowers_middleware = superlink_app._get_middleware
+    monkeypatch.setitem(vars(fleet_handlers), "pull_messages", flowers_pull)
+    monkeypatch.setitem(vars(superlink_app), "_get_middleware", flowers_middleware)
+    flowers_stores = {state: state.store_message_and_object_tree for state in LINK_STATES}
+    for state, store in flowers_stores.items():
+        monkeypatch.setattr(state, "store_message_and_object_tree", store)
+    flowers_puts = {object_store: object_store.put for object_store in OBJECT_STORES}
+    for object_store, put in flowers_puts.items():
+        monkeypatch.setattr(object_store, "put", put)
+
+    install()
+    install()  # a second install changes nothing more
+
+    assert isinstance(fleet_handlers.pull_messages, HeldRequest)
+    assert fleet_handlers.pull_messages.handler is flowers_pull
+    for state, store in flowers_stores.items():
+        assert state.store_message_and_object_tree.__wrapped__ is store
+    for object_store, put in flowers_puts.items():
+        assert object_store.put.__wrapped__ is put
+    middleware = superlink_app._get_middleware()
+    assert middleware[0].cls is MoreWorkerThreads
+    assert middleware[0].kwargs == {"threads": WORKER_THREADS}
+    assert [m.cls for m in middleware[1:]] == [m.cls for m in flowers_middleware()]
+
+
+def message(message_id: str, *, to: int, replying_to: str = "") -> SimpleNamespace:
+    """What the SuperLink's changes read of a Message (a real one needs a run in progress)."""
+    return SimpleNamespace(
+        metadata=SimpleNamespace(
+            message_id=message_id, dst_node_id=to, reply_to_message_id=replying_to
+        )
+    )
+
+
+def test_a_message_is_announced_to_its_node_once_all_its_objects_are_stored():
+    arrivals = Arrivals()
+    in_flight = MessagesInFlight(arrivals)
+    in_flight.message_stored(message("m1", to=7), ["o1", "o2"])
+    in_flight.object_stored("o1")
+    in_flight.object_stored("another message's object")
+    assert arrivals.count(7) == 0
+    in_flight.object_stored("o2")
+    in_flight.object_stored("o2")
+    assert arrivals.count(7) == 1
+
+
+def test_a_message_stored_whole_is_announced_at_once_and_shared_objects_complete_all():
+    arrivals = Arrivals()
+    in_flight = MessagesInFlight(arrivals)
+    in_flight.message_stored(message("m1", to=1), [])
+    # One global model for two hospitals: the same objects complete both messages.
+    in_flight.message_stored(message("m2", to=2), ["model"])
+    in_flight.message_stored(message("m3", to=3), ["model"])
+    in_flight.object_stored("model")
+    assert [arrivals.count(node) for node in (1, 2, 3)] == [1, 1, 1]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str]]] = []
+        self.objects: list[str] = []
+
+    def message_stored(self, message: SimpleNamespace, missing: list[str]) -> None:
+        self.messages.append((message.metadata.message_id, missing))
+
+    def object_stored(self, object_id: str) -> None:
+        self.objects.append(object_id)
+
+
+def test_only_instructions_the_state_stored_are_tracked(monkeypatch):
+    recorder = Recorder()
+    monkeypatch.setattr("federation.superlink.MESSAGES_IN_FLIGHT", recorder)
+    outcomes = {"stored": (True, ["o"]), "refused": (False, []), "reply": (True, ["r"])}
+    store = tracking_messages(lambda state, msg, tree, session: outcomes[msg.metadata.message_id])
+    for message_id in outcomes:
+        replying_to = "m0" if message_id == "reply" else ""
+        result = store(None, message(message_id, to=5, replying_to=replying_to), None, "session")
+        assert result == outcomes[message_id]
+    assert recorder.messages == [("stored", ["o"])]
+
+
+def test_an_object_is_tracked_only_once_stored(monkeypatch):
+    recorder = Recorder()
+    monkeypatch.setattr("federation.superlink.MESSAGES_IN_FLIGHT", recorder)
+
+    def put(store: object, object_id: str, content: bytes) -> None:
+        if not content:
+            raise ValueError("content does not match its id")
+
+    put_and_track = tracking_objects(put)
+    put_and_track(None, "good", b"bytes")
+    with pytest.raises(ValueError, match="does not match"):
+        put_and_track(None, "bad", b"")
+    assert recorder.objects == ["good"]
+
+
+def test_an_empty_pull_waits_for_a_message_to_its_node():
+    node_id = 4242
+    pulls: list[int] = []
+
+    def flowers_pull(request: PullMessagesRequest, **handles: object) -> PullMessagesResponse:
+        pulls.append(request.node.node_id)
+        if MESSAGE_ARRIVALS.count(node_id) == 0:
+            return PullMessagesResponse()
+        return PullMessagesResponse(messages_list=[MessageProto()])
+
+    def send_later() -> None:
+        time.sleep(0.05)
+        MESSAGE_ARRIVALS.announce(node_id)
+
+    sender = threading.Thread(target=send_later)
+    sender.start()
+    began = time.monotonic()
+    response = message_wait(flowers_pull)(
+        request=PullMessagesRequest(node=Node(node_id=node_id)), state=None, store=None
+    )
+    sender.join()
+    assert len(response.messages_list) == 1
+    assert time.monotonic() - began < PULL_WAIT_S
+    assert pulls == [node_id, node_id]
+
+
+def test_worker_threads_are_raised_as_the_app_starts():
+    limits: list[float] = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        limits.append(anyio.to_thread.current_default_thread_limiter().total_tokens)
+
+    anyio.run(MoreWorkerThreads(app, threads=123), {"type": "lifespan"}, None, None)
+    assert limits == [123]
+
+
+def test_the_command_is_flowers_superlink_with_the_change_installed(monkeypatch):
+    calls: list[object] = []
+    monkeypatch.setattr(sys, "argv", ["cohort-superlink"])
+    monkeypatch.setattr("federation.superlink.install", lambda: calls.append("install"))
+    monkeypatch.setattr("federation.superlink.flower_superlink", lambda: calls.append(sys.argv))
+    assert main(["--insecure", "--port", "9093"]) == 0
+    assert calls == ["install", ["flower-superlink", "--insecure", "--port", "9093"]]
