@@ -470,9 +470,10 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "Medians are over rounds 2 onwards; round 1 (shown apart) also waits for the "
             "ServerApp and first ClientApps to start.",
             "Each ClientApp task is forked from a warm launcher (cohort-launcher), not started "
-            "fresh; SuperNodes (cohort-supernode) poll the SuperLink 0.05 s after work, "
-            "backing off to 1 s, where Flower's SuperNode waits 3 s, and hold a launcher's "
-            "request until a task is pending. Each node's tasks use its share of the cores "
+            "fresh; the SuperLink (cohort-superlink) holds a SuperNode's empty pull until a "
+            "message for it is complete (up to 2 s), where Flower's SuperNode would poll every "
+            "3 s; SuperNodes (cohort-supernode) hold a launcher's request until a task is "
+            "pending. Each node's tasks use its share of the cores "
             "(cpu-threads). A round is two exchanges per hospital (train, evaluate); the "
             "overhead also holds every hospital's HE encryption and decryption (once per global "
             "model) and its evaluation, all sharing this machine's cores.",

@@ -123,25 +123,29 @@ def retry_object_pulls_sooner(module: ModuleType, name: str) -> None:
 
 
 class Arrivals:
-    """Counts the work stored for each recipient, and wakes whoever waits for more of it."""
+    """Counts the work stored for each recipient, and wakes whoever waits for that recipient's."""
 
     def __init__(self) -> None:
-        self._condition = threading.Condition()
+        self._lock = threading.Lock()
         self._counts: Counter[Hashable] = Counter()
+        # One condition per recipient, all on one lock: an arrival wakes only its own waiters.
+        self._conditions: dict[Hashable, threading.Condition] = {}
 
     def count(self, recipient: Hashable = None) -> int:
-        with self._condition:
+        with self._lock:
             return self._counts[recipient]
 
     def announce(self, recipient: Hashable = None) -> None:
-        with self._condition:
+        with self._lock:
             self._counts[recipient] += 1
-            self._condition.notify_all()
+            if condition := self._conditions.get(recipient):
+                condition.notify_all()
 
     def wait_past(self, seen: int, *, timeout_s: float, recipient: Hashable = None) -> None:
         """Return once `recipient` has more than `seen` arrivals, or after `timeout_s`."""
-        with self._condition:
-            self._condition.wait_for(lambda: self._counts[recipient] != seen, timeout=timeout_s)
+        with self._lock:
+            condition = self._conditions.setdefault(recipient, threading.Condition(self._lock))
+            condition.wait_for(lambda: self._counts[recipient] != seen, timeout=timeout_s)
 
 
 def announcing(

@@ -52,13 +52,14 @@ from hospitals.polling import Arrivals, HeldRequest, replace_in_flower
 # against the SuperNode's 30 s HTTP timeout and the SuperLink's graceful stop, which waits for
 # held pulls to end.
 PULL_WAIT_S = 2.0
+# anyio's worker threads (Flower's default is anyio's 40): room for a held pull per SuperNode.
 WORKER_THREADS = 1000
 LINK_STATES = (InMemoryLinkState, SqlLinkState)
 OBJECT_STORES = (InMemoryObjectStore, SqlObjectStore)
 StoreMessage = Callable[..., tuple[bool, list[str]]]
 PutObject = Callable[..., None]
 
-#: This process's: the LinkState announces here each message it stores, for its destination node.
+#: This process's: each message complete at the SuperLink, announced for its destination node.
 MESSAGE_ARRIVALS = Arrivals()
 
 
