@@ -14,16 +14,26 @@ import pytest
 from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
 from flwr.proto.message_pb2 import Message as MessageProto
 from flwr.proto.node_pb2 import Node
+from flwr.superlink.routers.control.middlewares import CONTROL_SENSITIVE_ROUTE_KEYS
 from flwr.superlink.servicer.fleet import fleet_handlers
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from federation.superlink import (
+    CONTROL_PATHS,
     LINK_STATES,
     MESSAGE_ARRIVALS,
+    MIDDLEWARE_PATHS,
     OBJECT_STORES,
     PULL_WAIT_S,
     WORKER_THREADS,
     MessagesInFlight,
     MoreWorkerThreads,
+    OnlyUnder,
     install,
     main,
     message_wait,
@@ -54,10 +64,12 @@ def test_install_changes_flowers_pull_handler_link_states_and_middleware(monkeyp
         assert state.store_message_and_object_tree.__wrapped__ is store
     for object_store, put in flowers_puts.items():
         assert object_store.put.__wrapped__ is put
-    middleware = superlink_app._get_middleware()
-    assert middleware[0].cls is MoreWorkerThreads
-    assert middleware[0].kwargs == {"threads": WORKER_THREADS}
-    assert [m.cls for m in middleware[1:]] == [m.cls for m in flowers_middleware()]
+    first, *rest = superlink_app._get_middleware()
+    assert (first.cls, first.kwargs) == (MoreWorkerThreads, {"threads": WORKER_THREADS})
+    assert [m.kwargs.get("middleware", m).cls for m in rest] == [
+        m.cls for m in flowers_middleware()
+    ]
+    assert {m.kwargs["middleware"].cls for m in rest if m.cls is OnlyUnder} == set(MIDDLEWARE_PATHS)
 
 
 def message(message_id: str, *, to: int, replying_to: str = "") -> SimpleNamespace:
@@ -165,6 +177,82 @@ def test_worker_threads_are_raised_as_the_app_starts():
 
     anyio.run(MoreWorkerThreads(app, threads=123), {"type": "lifespan"}, None, None)
     assert limits == [123]
+
+
+async def echo(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(request.url.path, headers={"x-echo": "1"})
+
+
+def served(app: ASGIApp, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, body and headers of `app`'s answer to an empty POST to `path`."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 9093),
+        "app": app,
+    }
+    anyio.run(app, scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], body, sorted(start["headers"])
+
+
+@pytest.mark.parametrize("flowers", list(MIDDLEWARE_PATHS), ids=lambda cls: cls.__name__)
+def test_flowers_middleware_leaves_requests_outside_its_paths_alone(flowers, monkeypatch):
+    # What makes skipping it there safe; a Flower upgrade that changes this fails here.
+    monkeypatch.delenv("FLWR_TRACING_ENABLED", raising=False)
+    app = Starlette(routes=[Route("/v1/{api}/{call}", echo, methods=["POST"])])
+    app.state.fleet_event_log_plugin = None
+    outside = next(
+        path
+        for path in ("/v1/control/list-runs", "/v1/fleet/pull-messages", "/v1/runtime/get-run")
+        if not path.startswith(MIDDLEWARE_PATHS[flowers])
+    )
+    assert served(flowers(app), outside) == served(app, outside)
+
+
+def test_control_routes_that_flower_treats_apart_are_all_control_paths():
+    assert all(path.startswith(CONTROL_PATHS) for _, path in CONTROL_SENSITIVE_ROUTE_KEYS)
+
+
+class Marking:
+    """Middleware that marks the responses it sees."""
+
+    def __init__(self, app: ASGIApp, mark: str) -> None:
+        self.app = app
+        self.mark = mark
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], (b"x-mark", self.mark.encode())]
+            await send(message)
+
+        await self.app(scope, receive, marked)
+
+
+def test_scoped_middleware_runs_only_under_its_prefix():
+    app = Starlette(routes=[Route("/v1/{api}/{call}", echo, methods=["POST"])])
+    only_fleet = OnlyUnder(app, middleware=Middleware(Marking, mark="fleet"), prefix="/v1/fleet/")
+    assert (b"x-mark", b"fleet") in served(only_fleet, "/v1/fleet/pull-messages")[2]
+    assert b"x-mark" not in dict(served(only_fleet, "/v1/runtime/pull-messages")[2])
 
 
 def test_the_command_is_flowers_superlink_with_the_change_installed(monkeypatch):
