@@ -4,13 +4,15 @@ Flower 1.41's Fleet API answers a SuperNode's PullMessages at once, empty or not
 hears of its next message only when it next asks: every SuperNode then trades latency (each of a
 round's two exchanges waits for a poll) against load (with 10 hospitals, two thirds of the
 SuperLink's requests were empty pulls, each ~4 ms of its CPU). This entry point runs Flower's own
-SuperLink, arguments and all, with one change: a pull that finds no message waits up to
+SuperLink, arguments and all, with two changes. A pull that finds no message waits up to
 `PULL_WAIT_S` for one addressed to its node (`message_wait`). A message is announced to its node's
 held pull (`MESSAGE_ARRIVALS`) once the SuperLink holds it and all its objects
 (`MESSAGES_IN_FLIGHT`), so the pull answers as soon as the ServerApp has sent. `cohort-supernode`,
 seeing its pull held, asks again at once: a message reaches its SuperNode within milliseconds, and
 an idle SuperNode asks once per `PULL_WAIT_S`. Any SuperNode works with it unchanged; a stock one
-keeps its own polling interval.
+keeps its own polling interval. And each of Flower's middlewares that acts only on the Control,
+Fleet or Runtime API runs only there (`MIDDLEWARE_PATHS`): a Fleet request passed through nine
+layers of them, four of which only ever touch Control requests, at ~0.3 ms of CPU each.
 
     cohort-superlink <flower-superlink arguments>
 
@@ -19,7 +21,7 @@ keeps its thread: the app raises the limit to `WORKER_THREADS` as it starts (`Mo
 so held pulls never queue the requests of SuperNodes busy with a round. A SuperNode holds at most
 one pull at a time (its loop pulls, then handles what it got), and threads start only when needed.
 
-The change reaches Flower through `fleet_handlers.pull_messages`, the LinkStates'
+The changes reach Flower through `fleet_handlers.pull_messages`, the LinkStates'
 `store_message_and_object_tree`, the ObjectStores' `put` and `flwr.superlink.main._get_middleware`
 (the app's middleware, which also sees its start-up); `install` refuses a Flower without the first
 or the last.
@@ -150,6 +152,11 @@ def tracking_messages(store: StoreMessage) -> StoreMessage:
         stored, missing_objects = store(state, message, *args)
         if stored and not message.metadata.reply_to_message_id:
             MESSAGES_IN_FLIGHT.message_stored(message, missing_objects)
+            # An object another message shares may have come in the meantime; later ones are
+            # seen by `put`.
+            for object_id in missing_objects:
+                if state.object_store.get(object_id):
+                    MESSAGES_IN_FLIGHT.object_stored(object_id)
         return stored, missing_objects
 
     return store_and_track

@@ -116,16 +116,34 @@ class Recorder:
         self.objects.append(object_id)
 
 
+def link_state(*, holding: set[str]) -> SimpleNamespace:
+    """What `tracking_messages` reads of a LinkState: its object store, holding these objects."""
+    return SimpleNamespace(
+        object_store=SimpleNamespace(get=lambda object_id: b"content" * (object_id in holding))
+    )
+
+
 def test_only_instructions_the_state_stored_are_tracked(monkeypatch):
     recorder = Recorder()
     monkeypatch.setattr("federation.superlink.MESSAGES_IN_FLIGHT", recorder)
     outcomes = {"stored": (True, ["o"]), "refused": (False, []), "reply": (True, ["r"])}
     store = tracking_messages(lambda state, msg, tree, session: outcomes[msg.metadata.message_id])
+    state = link_state(holding=set())
     for message_id in outcomes:
         replying_to = "m0" if message_id == "reply" else ""
-        result = store(None, message(message_id, to=5, replying_to=replying_to), None, "session")
+        result = store(state, message(message_id, to=5, replying_to=replying_to), None, "session")
         assert result == outcomes[message_id]
     assert recorder.messages == [("stored", ["o"])]
+    assert recorder.objects == []
+
+
+def test_an_object_stored_while_its_message_was_being_stored_counts():
+    # Another message's push stored the shared object between this message's preregistration
+    # and its tracking: no later put would tell of it.
+    before = MESSAGE_ARRIVALS.count(6)
+    store = tracking_messages(lambda state, msg, tree, session: (True, ["shared"]))
+    store(link_state(holding={"shared"}), message("m6", to=6), None, "session")
+    assert MESSAGE_ARRIVALS.count(6) == before + 1
 
 
 def test_an_object_is_tracked_only_once_stored(monkeypatch):
