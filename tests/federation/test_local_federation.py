@@ -24,8 +24,8 @@ def study_request(consortium: Consortium, tmp_path) -> StudyRequest:
     )
 
 
-def test_two_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_consortium, tmp_path):
-    consortium = make_consortium(rounds=2, round_timeout_s=45)
+def test_three_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_consortium, tmp_path):
+    consortium = make_consortium(rounds=3, round_timeout_s=45)
     with LocalFederation(
         workdir=tmp_path / "federation", hospitals=consortium.hospitals
     ) as federation:
@@ -44,14 +44,16 @@ def test_two_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_consor
 
     assert not any(process.alive() for process in processes)
     assert outcome.status.status == "finished:completed", outcome.failure_reason
-    first, second = outcome.rounds
+    first, _, last = outcome.rounds
+    # The kill races round 2, whose messages reach a SuperNode within milliseconds: hospital-c
+    # may have trained in it. It is gone by round 3.
     assert sorted(first["participants"]) == ["hospital-a", "hospital-b", "hospital-c"]
-    assert sorted(second["participants"]) == ["hospital-a", "hospital-b"]
-    assert second["dropped"]["hospital-c"] in {
+    assert sorted(last["participants"]) == ["hospital-a", "hospital-b"]
+    assert last["dropped"]["hospital-c"] in {
         "no reply within 45 s",
         "disconnected from the SuperLink",
     }
-    assert second["metrics"]["roc_auc"] > 0.8
+    assert last["metrics"]["roc_auc"] > 0.8
     assert all(
         h["bytes_up"] > 0 and 0 < h["epsilon"] <= 3.003
         for r in outcome.rounds
@@ -64,11 +66,10 @@ def test_two_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_consor
         name: len(PrivacyLedger(n.ledger_path).entries(dataset_id=n.dataset_id, run_id=run_id))
         for name, n in node.items()
     }
-    # The kill races round 2's train message: hospital-c may have charged round 2 already (a
-    # node charges before it trains, so that a reply lost afterwards still counts).
+    # A node charges before it trains, so that a reply lost afterwards still counts.
     assert recorded in (
-        {"hospital-a": 2, "hospital-b": 2, "hospital-c": 1},
-        {"hospital-a": 2, "hospital-b": 2, "hospital-c": 2},
+        {"hospital-a": 3, "hospital-b": 3, "hospital-c": 1},
+        {"hospital-a": 3, "hospital-b": 3, "hospital-c": 2},
     )
     study = consortium.protocol.study_id
     model_a = np.load(released_model_path(node["hospital-a"], study_id=study, run_id=run_id))[
