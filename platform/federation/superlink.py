@@ -116,7 +116,11 @@ class MessagesInFlight:
         # message id → (its destination node, the ids of its objects not stored yet)
         self._incomplete: dict[str, tuple[int, set[str]]] = {}
 
-    def message_stored(self, message: Message, missing_objects: Iterable[str]) -> None:
+    def message_stored(
+        self, message: Message, missing_objects: Iterable[str], *, held: Callable[[str], bool]
+    ) -> None:
+        """`missing_objects` were missing as the message was stored; `held` says whether the
+        SuperLink holds an object now."""
         node_id = message.metadata.dst_node_id
         missing = set(missing_objects)
         if not missing:
@@ -124,6 +128,10 @@ class MessagesInFlight:
             return
         with self._lock:
             self._incomplete[message.metadata.message_id] = (node_id, missing)
+        # Another message sharing an object may have stored it since; from here on,
+        # `object_stored` sees each one.
+        for object_id in [object_id for object_id in list(missing) if held(object_id)]:
+            self.object_stored(object_id)
 
     def object_stored(self, object_id: str) -> None:
         complete: list[int] = []
@@ -151,12 +159,11 @@ def tracking_messages(store: StoreMessage) -> StoreMessage:
     def store_and_track(state: Any, message: Message, *args: Any) -> tuple[bool, list[str]]:
         stored, missing_objects = store(state, message, *args)
         if stored and not message.metadata.reply_to_message_id:
-            MESSAGES_IN_FLIGHT.message_stored(message, missing_objects)
-            # An object another message shares may have come in the meantime; later ones are
-            # seen by `put`.
-            for object_id in missing_objects:
-                if state.object_store.get(object_id):
-                    MESSAGES_IN_FLIGHT.object_stored(object_id)
+            MESSAGES_IN_FLIGHT.message_stored(
+                message,
+                missing_objects,
+                held=lambda object_id: bool(state.object_store.get(object_id)),
+            )
         return stored, missing_objects
 
     return store_and_track
