@@ -64,6 +64,8 @@ def _handle(
     except RoundRefusedError as refusal:
         node_logger(node).warning("round refused (%s): %s", refusal.code, refusal.reason)
         content = _refusal(refusal.code, refusal.reason)
+        if refusal.evaluation is not None:
+            content[wire.EVAL_REPORT] = eval_report(refusal.evaluation)
     except Exception:
         node_logger(node).exception("round failed")
         content = _refusal(
@@ -130,14 +132,20 @@ def _train_reply(outcome: TrainOutcome) -> tuple[RecordDict, str]:
             ),
         }
     )
+    if outcome.evaluation is not None:
+        content[wire.EVAL_REPORT] = eval_report(outcome.evaluation)
     return content, outcome.consent
 
 
 def _evaluate_reply(outcome: EvaluationOutcome) -> tuple[RecordDict, str]:
+    return RecordDict({wire.EVAL_REPORT: eval_report(outcome)}), outcome.consent
+
+
+def eval_report(outcome: EvaluationOutcome) -> MetricRecord:
     published = ("loss", "accuracy", "roc_auc")  # not the exact held-out count
     values = outcome.metrics.to_dict()
     metrics: dict[str, int | float | list[int] | list[float]] = {
         key: float(value) for key in published if (value := values[key]) is not None
     }
     metrics["rows_rounded"] = outcome.rows_rounded
-    return RecordDict({wire.EVAL_REPORT: MetricRecord(metrics)}), outcome.consent
+    return MetricRecord(metrics)

@@ -1,4 +1,5 @@
-"""A hospital's part in one round: check, train with DP-SGD, encrypt; or decrypt and evaluate.
+"""A hospital's part in one round: decrypt the global model, evaluate it, train it with DP-SGD
+and encrypt the result; after the last round, decrypt and evaluate the final model.
 
 Flower-free, so it can be tested directly. Everything that reaches the aggregator is chosen here:
 an encrypted update, the DP parameters behind it, ε, rounded row counts, timings, metrics and
@@ -36,7 +37,6 @@ from hospitals.consent import (
     resolve_consent,
 )
 from hospitals.data import DataError, LocalDataset, load_dataset, split_holdout
-from hospitals.decrypted import DecryptedGlobal
 from hospitals.dp import (
     PrivacyStep,
     epsilon_of,
@@ -64,12 +64,18 @@ T = TypeVar("T")
 
 
 class RoundRefusedError(Exception):
-    """The node declines this round; `reason` is published to the aggregator and the portal."""
+    """The node declines this round; `reason` is published to the aggregator and the portal.
 
-    def __init__(self, code: str, reason: str) -> None:
+    A node that evaluated the model it received before declining to train it still reports that
+    `evaluation`."""
+
+    def __init__(
+        self, code: str, reason: str, *, evaluation: EvaluationOutcome | None = None
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.evaluation = evaluation
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,9 @@ class TrainOutcome:
     rows_rounded: int
     train_seconds: float
     consent: str  # the consent snapshot's sha256, or "waived: <the ethics board's decision>"
+    # The received global model (the previous round's) on this hospital's held-out rows; None in
+    # round 1, which starts from the protocol's seed.
+    evaluation: EvaluationOutcome | None = None
 
 
 @dataclass(frozen=True)
@@ -190,10 +199,25 @@ def assess(
 def train_round(
     node: NodeSettings, request: RoundRequest, *, consent: ConsentSource | None = None
 ) -> TrainOutcome:
-    """Train the received global model on local rows with DP-SGD and encrypt the weighted result."""
-    protocol = request.protocol
+    """Evaluate the received global model on held-out rows, then train it on local rows with
+    DP-SGD and encrypt the weighted result."""
     prepared = prepare(node, request, consent=consent)
-    model = _global_model(node, prepared.key, request)
+    model = _global_model(prepared.key, request)
+    evaluation = None if request.global_state is None else evaluate_prepared(model, prepared)
+    try:
+        return _train(node, request, prepared, model, evaluation)
+    except RoundRefusedError as refusal:
+        raise RoundRefusedError(refusal.code, refusal.reason, evaluation=evaluation) from refusal
+
+
+def _train(
+    node: NodeSettings,
+    request: RoundRequest,
+    prepared: Preparation,
+    model: nn.Module,
+    evaluation: EvaluationOutcome | None,
+) -> TrainOutcome:
+    protocol = request.protocol
     ledger = PrivacyLedger(node.ledger_path)
     planned = remembered_plan(
         node.state_dir,
@@ -228,21 +252,29 @@ def train_round(
         rows_rounded=published_rows(len(prepared.train)),
         train_seconds=train_seconds,
         consent=prepared.consent.label,
+        evaluation=evaluation,
     )
 
 
 def evaluate_round(
     node: NodeSettings, request: RoundRequest, *, consent: ConsentSource | None = None
 ) -> EvaluationOutcome:
-    """Decrypt the new global model and evaluate it on this hospital's held-out rows."""
+    """Decrypt the final global model, evaluate it on this hospital's held-out rows and keep it
+    for release. (Earlier rounds' models are evaluated as the next round trains them.)"""
     prepared = prepare(node, request, consent=consent)
-    model = _global_model(node, prepared.key, request)
-    metrics = evaluate(model, features=prepared.holdout.features, labels=prepared.holdout.labels)
+    model = _global_model(prepared.key, request)
+    evaluation = evaluate_prepared(model, prepared)
     if request.final:
         save_released_model(node, request, get_flat_parameters(model))
+    return evaluation
+
+
+def evaluate_prepared(model: nn.Module, prepared: Preparation) -> EvaluationOutcome:
+    """`model` on the held-out rows of a prepared round."""
+    holdout = prepared.holdout
     return EvaluationOutcome(
-        metrics=metrics,
-        rows_rounded=published_rows(len(prepared.holdout)),
+        metrics=evaluate(model, features=holdout.features, labels=holdout.labels),
+        rows_rounded=published_rows(len(holdout)),
         consent=prepared.consent.label,
     )
 
@@ -378,22 +410,16 @@ def _split_or_none(
         return None
 
 
-def _global_model(node: NodeSettings, key: SecretContext, request: RoundRequest) -> nn.Module:
+def _global_model(key: SecretContext, request: RoundRequest) -> nn.Module:
     protocol = request.protocol
     model = build_model(protocol.model, n_features=protocol.schema.n_features, seed=protocol.seed)
     if request.global_state is None:
-        return model
-    length = parameter_count(model)
-    decrypted = DecryptedGlobal.of(node.state_dir, request.global_state)
-    remembered = decrypted.recall(length=length)
-    if remembered is not None:
-        set_flat_parameters(model, remembered)
         return model
     try:
         state = read_update(
             request.global_state,
             context=key,
-            expected_length=length,
+            expected_length=parameter_count(model),
             max_bytes=MAX_GLOBAL_STATE_BYTES,
         )
         set_flat_parameters(model, decrypt_weighted_mean(key, state).mean)
@@ -401,7 +427,6 @@ def _global_model(node: NodeSettings, key: SecretContext, request: RoundRequest)
         raise RoundRefusedError(
             "invalid-global-state", f"the global model could not be decrypted: {error}"
         ) from error
-    decrypted.keep(get_flat_parameters(model))
     return model
 
 

@@ -6,6 +6,8 @@ the two parties stay deployable on their own.
 
 from typing import Final
 
+# A train message's hospital evaluates the global model it carries, then trains from it; an
+# evaluate message carries the final model, after the last round.
 TRAIN: Final = "train"
 EVALUATE: Final = "evaluate"
 
@@ -18,7 +20,7 @@ GLOBAL_STATE: Final = (
 # Sent back by hospitals.
 UPDATE: Final = "update"  # ArrayRecord: the hospital's encrypted weighted model and weight
 TRAIN_REPORT: Final = "train-report"  # MetricRecord: ε, DP parameters, rows (rounded), seconds
-EVAL_REPORT: Final = "eval-report"  # MetricRecord: loss, accuracy, ROC AUC, rows
+EVAL_REPORT: Final = "eval-report"  # MetricRecord: the received model's loss, accuracy, AUC, rows
 IDENTITY: Final = "identity"  # ConfigRecord: hospital name, protocol hash, accountant
 REFUSAL: Final = "refusal"  # ConfigRecord: code and reason when a hospital declines a round
 

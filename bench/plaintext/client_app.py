@@ -20,17 +20,16 @@ from bench.plaintext import wire as plain
 from hospitals import wire
 from hospitals.client_app import _evaluate_reply, _handle, _train_reply
 from hospitals.dp import train_dp
-from hospitals.evaluation import evaluate as evaluate_model
 from hospitals.ledger import PrivacyLedger
 from hospitals.models import build_model, get_flat_parameters, set_flat_parameters
 from hospitals.node import NodeSettings
 from hospitals.participation import (
-    EvaluationOutcome,
     RoundRequest,
     TrainOutcome,
     _charge,
     _round_seed,
     _run_epsilon,
+    evaluate_prepared,
     prepare,
     published_rows,
     save_released_model,
@@ -54,6 +53,7 @@ def train_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDi
     protocol = request.protocol
     prepared = prepare(node, request)
     model = global_model(request)
+    evaluation = None if request.global_state is None else evaluate_prepared(model, prepared)
     ledger = PrivacyLedger(node.ledger_path)
     planned = remembered_plan(
         node.state_dir,
@@ -83,6 +83,7 @@ def train_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDi
         rows_rounded=published_rows(len(prepared.train)),
         train_seconds=time.perf_counter() - started,
         consent=prepared.consent.label,
+        evaluation=evaluation,
     )
     content, consent = _train_reply(outcome)
     content.metric_records[wire.TRAIN_REPORT][plain.ROWS] = len(prepared.train)
@@ -92,18 +93,10 @@ def train_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDi
 def evaluate_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDict, str]:
     prepared = prepare(node, request)
     model = global_model(request)
-    metrics = evaluate_model(
-        model, features=prepared.holdout.features, labels=prepared.holdout.labels
-    )
+    evaluation = evaluate_prepared(model, prepared)
     if request.final:
         save_released_model(node, request, get_flat_parameters(model))
-    return _evaluate_reply(
-        EvaluationOutcome(
-            metrics=metrics,
-            rows_rounded=published_rows(len(prepared.holdout)),
-            consent=prepared.consent.label,
-        )
-    )
+    return _evaluate_reply(evaluation)
 
 
 def global_model(request: RoundRequest) -> nn.Module:

@@ -1,7 +1,7 @@
 """The aggregator's ServerApp with the model in the clear: the baseline's round loop.
 
 `aggregator.rounds.run_study`'s rounds, messages and reports, from its own pieces (waiting for
-hospitals, round content, exchanges, evaluation parsing, weighted metrics, the results sink), with
+hospitals, round content, exchanges, reports once each model is evaluated, the results sink), with
 HE's two steps replaced: replies are float32 models averaged here with numpy, weighted by rows,
 and the mean goes back in the clear. A baseline has no drop-outs to survive: every hospital must
 contribute to every round, or the run fails.
@@ -20,20 +20,19 @@ from flwr.serverapp import Grid, ServerApp
 
 from aggregator import wire
 from aggregator.config import AggregatorConfig
-from aggregator.results import HospitalRound, ResultsSink, RoundResult
+from aggregator.results import HospitalRound, ResultsSink
 from aggregator.rounds import (
     HospitalNames,
+    RoundReports,
     RunFailedError,
+    SummedRound,
     await_hospitals,
     blob_of,
-    evaluate,
     exchange,
     no_reply_reasons,
     number,
     refusal_reason,
     round_content,
-    weighted_metrics,
-    with_metrics,
 )
 from aggregator.server_app import results_sink
 from bench.plaintext import wire as plain
@@ -63,27 +62,23 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_plaintext_study(grid: Grid, config: AggregatorConfig, sink: ResultsSink) -> None:
     names = HospitalNames()
-    global_model: bytes | None = None
-    for round_number in range(1, config.rounds + 1):
-        started = time.monotonic()
-        updates = train(grid, config, names, round_number, global_model)
-        global_model = plain.to_bytes(weighted_mean(updates))
-        nodes = [u.node_id for u in updates]
-        evaluations = evaluate(grid, config, nodes, global_model, round_number, names)
-        sink.round_completed(
-            RoundResult(
-                round=round_number,
-                participants=sorted(u.report.hospital for u in updates),
-                dropped={},
-                metrics=weighted_metrics(evaluations),
-                hospitals=sorted(
-                    (with_metrics(u.report, evaluations) for u in updates),
-                    key=lambda report: report.hospital,
-                ),
-                bytes_down=len(global_model),
-                seconds=round(time.monotonic() - started, 3),
+    reports = RoundReports(sink, names)
+    with reports.unevaluated_on_failure():
+        for round_number in range(1, config.rounds + 1):
+            started = time.monotonic()
+            replies = train(grid, config, names, round_number, reports.global_state)
+            reports.evaluated_by(replies, ended=started)
+            updates = [plaintext_update(reply, names, round_number) for reply in replies]
+            reports.summed(
+                SummedRound(
+                    number=round_number,
+                    started=started,
+                    reports={u.node_id: u.report for u in updates},
+                    dropped={},
+                    global_state=plain.to_bytes(weighted_mean(updates)),
+                )
             )
-        )
+        reports.evaluate_final(grid, config)
 
 
 def train(
@@ -92,8 +87,9 @@ def train(
     names: HospitalNames,
     round_number: int,
     global_model: bytes | None,
-) -> list[PlaintextUpdate]:
-    """Every connected hospital's model, trained from `global_model`, and its weight."""
+) -> list[Message]:
+    """Every connected hospital's reply: its model trained from `global_model`, with its weight,
+    and its evaluation of `global_model`."""
     wait_timeout = config.join_timeout_s if round_number == 1 else 0.0
     nodes = await_hospitals(grid, minimum=config.min_hospitals, timeout_s=wait_timeout)
     content = round_content(config, round_number=round_number, global_state=global_model)
@@ -104,7 +100,7 @@ def train(
     if silent:
         reasons = "; ".join(f"{hospital}: {reason}" for hospital, reason in silent.items())
         raise RunFailedError(f"round {round_number}: {reasons}")
-    return [plaintext_update(reply, names, round_number) for reply in replies]
+    return replies
 
 
 def weighted_mean(updates: Sequence[PlaintextUpdate]) -> npt.NDArray[np.float64]:

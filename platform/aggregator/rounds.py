@@ -3,13 +3,19 @@
 Every decision about a hospital's reply lands in one of two places: an accepted contribution, or a
 dropped hospital with a reason. A round completes when at least the protocol's minimum of hospitals
 contributed; otherwise the run fails with every reason spelled out.
+
+One message per hospital and round: the hospitals that train round r + 1 first evaluate the
+global model of round r they receive, and report both in one reply. Only the final model has an
+exchange of its own, for its evaluation. A round is therefore reported once its model is evaluated,
+as the next round's replies come in.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from flwr.app import (
@@ -77,52 +83,137 @@ class HospitalNames:
 def run_study(grid: Grid, config: AggregatorConfig, sink: ResultsSink) -> None:
     """Run every round, report each to `sink`; raise RunFailedError if the study cannot go on."""
     names = HospitalNames()
+    reports = RoundReports(sink, names)
     seen: set[int] = set()
-    global_state: bytes | None = None
     weight_unit = config.weight_unit
-    for round_number in range(1, config.rounds + 1):
-        started = time.monotonic()
-        wait_timeout = config.join_timeout_s if round_number == 1 else 0.0
-        nodes = await_hospitals(grid, minimum=config.min_hospitals, timeout_s=wait_timeout)
-        content = round_content(
-            config, round_number=round_number, global_state=global_state, weight_unit=weight_unit
+    with reports.unevaluated_on_failure():
+        for round_number in range(1, config.rounds + 1):
+            started = time.monotonic()
+            wait_timeout = config.join_timeout_s if round_number == 1 else 0.0
+            nodes = await_hospitals(grid, minimum=config.min_hospitals, timeout_s=wait_timeout)
+            content = round_content(
+                config,
+                round_number=round_number,
+                global_state=reports.global_state,
+                weight_unit=weight_unit,
+            )
+            received = ReceivedUpdates(config, names)
+            replies = exchange(
+                grid,
+                nodes,
+                wire.TRAIN,
+                content,
+                round_number,
+                config.round_timeout_s,
+                on_reply=received.receive,
+            )
+            reports.evaluated_by(replies, ended=started)
+            contributions = received.contributions()
+            dropped = {
+                **no_reply_reasons(nodes, replies, names, config.round_timeout_s),
+                **received.dropped(),
+                **{names[node]: "disconnected from the SuperLink" for node in seen - set(nodes)},
+            }
+            seen.update(nodes)
+            require_quorum(round_number, contributions, dropped, config.min_hospitals)
+            reports.summed(
+                SummedRound(
+                    number=round_number,
+                    started=started,
+                    reports={c.node_id: c.report for c in contributions},
+                    dropped=dropped,
+                    global_state=received.total().to_bytes(),
+                )
+            )
+            weight_unit = weight_unit_for(c.report.rows_rounded for c in contributions)
+        reports.evaluate_final(grid, config)
+
+
+@dataclass(frozen=True)
+class SummedRound:
+    """A round whose global model exists, waiting for the hospitals' evaluation of it."""
+
+    number: int
+    started: float  # time.monotonic() as the round began
+    reports: dict[int, HospitalRound]  # by node id: the hospitals whose updates were summed
+    dropped: dict[str, str]
+    global_state: bytes
+
+    def result(self, evaluations: Sequence[Evaluation], *, ended: float) -> RoundResult:
+        return RoundResult(
+            round=self.number,
+            participants=sorted(report.hospital for report in self.reports.values()),
+            dropped=self.dropped,
+            metrics=weighted_metrics(evaluations),
+            hospitals=sorted(
+                (with_metrics(report, evaluations) for report in self.reports.values()),
+                key=lambda report: report.hospital,
+            ),
+            bytes_down=len(self.global_state),
+            seconds=round(ended - self.started, 3),
         )
-        received = ReceivedUpdates(config, names)
+
+
+class RoundReports:
+    """Reports each round to the sink once the hospitals that contributed to it have evaluated its
+    model: as they train the next round, or in the final evaluation. A round is over as the next
+    one starts (the last one, once its model is evaluated), so its seconds add up to the run's."""
+
+    def __init__(self, sink: ResultsSink, names: HospitalNames) -> None:
+        self._sink = sink
+        self._names = names
+        self._waiting: SummedRound | None = None
+
+    @property
+    def global_state(self) -> bytes | None:
+        """The latest global model, which the next round trains from."""
+        return None if self._waiting is None else self._waiting.global_state
+
+    def summed(self, summed: SummedRound) -> None:
+        self._waiting = summed
+
+    def evaluated_by(self, replies: Iterable[Message], *, ended: float) -> None:
+        """Report the waiting round with the evaluations its contributors sent in `replies`."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is None:
+            return
+        evaluations = [
+            evaluation
+            for reply in replies
+            if reply.metadata.src_node_id in waiting.reports
+            and (evaluation := parse_evaluation(reply, self._names[reply.metadata.src_node_id]))
+        ]
+        self._sink.round_completed(waiting.result(evaluations, ended=ended))
+
+    def evaluate_final(self, grid: Grid, config: AggregatorConfig) -> None:
+        """The last round's contributors decrypt its model, evaluate it and keep it for release."""
+        if self._waiting is None:
+            return
+        content = round_content(
+            config,
+            round_number=self._waiting.number,
+            global_state=self._waiting.global_state,
+            final=True,
+        )
         replies = exchange(
             grid,
-            nodes,
-            wire.TRAIN,
+            self._waiting.reports,
+            wire.EVALUATE,
             content,
-            round_number,
+            self._waiting.number,
             config.round_timeout_s,
-            on_reply=received.receive,
         )
-        contributions = received.contributions()
-        dropped = {
-            **no_reply_reasons(nodes, replies, names, config.round_timeout_s),
-            **received.dropped(),
-            **{names[node]: "disconnected from the SuperLink" for node in seen - set(nodes)},
-        }
-        seen.update(nodes)
-        require_quorum(round_number, contributions, dropped, config.min_hospitals)
-        global_state = received.total().to_bytes()
-        weight_unit = weight_unit_for(c.report.rows_rounded for c in contributions)
-        contributors = [c.node_id for c in contributions]
-        evaluations = evaluate(grid, config, contributors, global_state, round_number, names)
-        sink.round_completed(
-            RoundResult(
-                round=round_number,
-                participants=sorted(c.report.hospital for c in contributions),
-                dropped=dropped,
-                metrics=weighted_metrics(evaluations),
-                hospitals=sorted(
-                    (with_metrics(c.report, evaluations) for c in contributions),
-                    key=lambda report: report.hospital,
-                ),
-                bytes_down=len(global_state),
-                seconds=round(time.monotonic() - started, 3),
-            )
-        )
+        self.evaluated_by(replies, ended=time.monotonic())
+
+    @contextmanager
+    def unevaluated_on_failure(self) -> Iterator[None]:
+        """A run that fails before a summed round was evaluated still reports it, without
+        metrics."""
+        try:
+            yield
+        except RunFailedError:
+            self.evaluated_by([], ended=time.monotonic())
+            raise
 
 
 def await_hospitals(grid: Grid, *, minimum: int, timeout_s: float) -> list[int]:
@@ -343,30 +434,10 @@ def require_quorum(
     )
 
 
-def evaluate(
-    grid: Grid,
-    config: AggregatorConfig,
-    nodes: Sequence[int],
-    global_state: bytes,
-    round_number: int,
-    names: HospitalNames,
-) -> list[Evaluation]:
-    """The contributing `nodes` decrypt the new global model and evaluate it on their own
-    held-out rows."""
-    content = round_content(
-        config,
-        round_number=round_number,
-        global_state=global_state,
-        final=round_number == config.rounds,
-    )
-    replies = exchange(grid, nodes, wire.EVALUATE, content, round_number, config.round_timeout_s)
-    evaluations = [parse_evaluation(reply, names[reply.metadata.src_node_id]) for reply in replies]
-    return [evaluation for evaluation in evaluations if evaluation is not None]
-
-
 def parse_evaluation(reply: Message, hospital: str) -> Evaluation | None:
-    """A hospital's evaluation, or None when its report is unusable (it then counts for nothing)."""
-    if refusal_reason(reply) or wire.EVAL_REPORT not in reply.content.metric_records:
+    """A hospital's evaluation, or None when its report is missing or unusable (it then counts
+    for nothing). A hospital that declined to train may still have evaluated the model."""
+    if reply.has_error() or wire.EVAL_REPORT not in reply.content.metric_records:
         return None
     report = reply.content.metric_records[wire.EVAL_REPORT]
     try:

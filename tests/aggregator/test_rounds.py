@@ -16,8 +16,9 @@ from aggregator.results import JsonlResultsSink, read_events
 from aggregator.rounds import RunFailedError, blob_of, blob_record, run_study
 from crypto import Quantization
 from crypto.codec import read_update
-from demo.setup import Consortium
+from demo.setup import DEMO_CONSENT_WAIVER, Consortium, node_policy_toml
 from federation.inprocess import RUN_ID, InProcessGrid
+from hospitals.ledger import PrivacyLedger
 from hospitals.participation import released_model_path
 from hospitals.protocol import canonical_json
 
@@ -64,6 +65,90 @@ def test_every_hospital_contributes_and_all_decrypt_the_same_model(make_consorti
     models = [released(consortium, name) for name in ("hospital-a", "hospital-b", "hospital-c")]
     np.testing.assert_array_equal(models[0], models[1])
     np.testing.assert_array_equal(models[0], models[2])
+
+
+def evaluated_losses(grid: InProcessGrid, message_type: str, round_number: int) -> list[float]:
+    """The losses hospitals reported in their replies to one round's messages of a type."""
+    return sorted(
+        reply.content.metric_records[wire.EVAL_REPORT]["loss"]
+        for reply in grid.received
+        if reply.metadata.message_type == message_type
+        and reply.metadata.group_id == str(round_number)
+        and wire.EVAL_REPORT in reply.content.metric_records
+    )
+
+
+def hospital_losses(result: dict) -> list[float]:
+    return sorted(hospital["metrics"]["loss"] for hospital in result["hospitals"])
+
+
+def test_each_model_is_evaluated_by_the_next_rounds_training_and_the_last_on_its_own(
+    make_consortium, tmp_path
+):
+    consortium = make_consortium(rounds=3)
+    grid = InProcessGrid(consortium.hospitals)
+
+    rounds = run(consortium, tmp_path, grid)
+
+    # One message per hospital and round, and one more for the final model.
+    assert [m.metadata.message_type for m in grid.sent] == [wire.TRAIN] * 9 + [wire.EVALUATE] * 3
+    assert evaluated_losses(grid, wire.TRAIN, 1) == []  # nothing to evaluate before round 1
+    assert hospital_losses(rounds[0]) == evaluated_losses(grid, wire.TRAIN, 2)
+    assert hospital_losses(rounds[1]) == evaluated_losses(grid, wire.TRAIN, 3)
+    assert hospital_losses(rounds[2]) == evaluated_losses(grid, wire.EVALUATE, 3)
+    assert len(set(hospital_losses(rounds[0]) + hospital_losses(rounds[2]))) == 6
+
+
+def test_a_hospital_that_declines_the_next_round_still_counts_in_the_last_ones_metrics(
+    make_consortium, tmp_path
+):
+    consortium = make_consortium(rounds=2)
+    node = consortium.nodes["hospital-a"]
+
+    def spend_all_but_round_1(reply: Message) -> Message:
+        ledger = PrivacyLedger(node.ledger_path)
+        (entry,) = ledger.entries(dataset_id=node.dataset_id)
+        spent = ledger.epsilon(
+            dataset_id=node.dataset_id, delta=entry.step.delta, accountant=entry.step.accountant
+        )
+        node.policy_path.write_text(
+            node_policy_toml(
+                study_id=consortium.protocol.study_id,
+                max_lifetime_epsilon=spent * 1.05,
+                consent_waiver=DEMO_CONSENT_WAIVER,
+            )
+        )
+        grid.hooks.clear()
+        return reply
+
+    grid = InProcessGrid(consortium.hospitals, hooks={"hospital-a": spend_all_but_round_1})
+
+    first, second = run(consortium, tmp_path, grid)
+
+    assert first["participants"] == ["hospital-a", "hospital-b", "hospital-c"]
+    assert all(hospital["metrics"] for hospital in first["hospitals"])
+    assert second["participants"] == ["hospital-b", "hospital-c"]
+    assert second["dropped"]["hospital-a"].startswith("refused: ")
+
+
+def test_a_round_is_reported_without_metrics_when_the_run_fails_before_its_evaluation(
+    make_consortium, tmp_path
+):
+    consortium = make_consortium(rounds=2, min_hospitals=3)
+
+    def leave(reply: Message) -> Message:
+        del grid.nodes[grid.node_id("hospital-c")]
+        return reply
+
+    grid = InProcessGrid(consortium.hospitals, hooks={"hospital-c": leave})
+    results = tmp_path / "results.jsonl"
+
+    with pytest.raises(RunFailedError, match="only 2 hospital node"):
+        run_study(grid, aggregator_config(consortium, results), JsonlResultsSink(results))
+
+    (first,) = [event for event in read_events(results) if event["event"] == "round"]
+    assert first["participants"] == ["hospital-a", "hospital-b", "hospital-c"]
+    assert first["metrics"] == {}
 
 
 def test_a_silent_hospital_is_dropped_and_the_round_completes(make_consortium, tmp_path):

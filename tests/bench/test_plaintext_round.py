@@ -109,7 +109,7 @@ def test_a_plaintext_node_trains_the_model_the_product_node_trains(
     # Two runs, so each is charged to the ledger as a run of its own; the seeds do not depend
     # on the run.
     encrypted = train_round(node, request("he")).update
-    he_model = _global_model(node, consortium.key, request("he", encrypted))
+    he_model = _global_model(consortium.key, request("he", encrypted))
     content, _ = plaintext_client.train_plaintext(node, request("plaintext"))
 
     # Same rows, model, seeds and DP-SGD: only HE's rounding tells the two apart.
