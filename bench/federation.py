@@ -474,7 +474,8 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "message for it is complete (up to 2 s), where Flower's SuperNode would poll every "
             "3 s; SuperNodes (cohort-supernode) hold a launcher's request until a task is "
             "pending. Each node's tasks use its share of the cores "
-            "(cpu-threads). A round is two exchanges per hospital (train, evaluate); the "
+            "(cpu-threads). A round is one exchange per hospital (evaluate the model it "
+            "receives, then train), and the last round adds the final evaluation; the "
             "overhead also holds every hospital's HE encryption and decryption (once per global "
             "model) and its evaluation, all sharing this machine's cores.",
             "Hospitals' CPU s / round: CPU time of every hospital's SuperNode, launcher and "

@@ -5,7 +5,7 @@ Flower's processes pull: the SuperNode asks the SuperLink for messages, the laun
 SuperNode for tasks. A fixed interval trades latency against idle load: Flower's SuperNode waits
 3 s, which costs a round up to 3 s per exchange, while a fixed 0.1 s, per hospital, keeps a
 fraction of a core busy answering empty polls (measured for the launcher: 2.7% of a core at 0.2 s,
-24% at 0.01 s). Work comes in bursts (a round's train and evaluate messages follow each other
+24% at 0.01 s). Work comes in bursts (one round's messages follow the last round's
 within seconds, then a study may not run for days), so the wait starts short after work and grows
 geometrically while none comes: a message that arrives after an idle gap of g seconds waits at
 most about (factor − 1)·g more, and a long idle spell costs one poll per `longest_s`.

@@ -2,8 +2,8 @@
 
 Flower 1.41's SuperNode loop (flwr/supernode/start_client_internal.py, `start_client_internal`)
 sleeps a fixed 3 s whenever it pulls and finds no message, and 0.5 s between checks for its
-ClientApp's reply; nothing in Flower configures either. A round is two exchanges per hospital
-(train, evaluate) and each message arrives while the SuperNode sleeps, so those fixed waits cost a
+ClientApp's reply; nothing in Flower configures either. A round is one exchange per hospital
+(evaluate, train) and each message arrives while the SuperNode sleeps, so those fixed waits cost a
 study several seconds per round whatever its size. This entry point runs Flower's own SuperNode,
 arguments and all, with these changes. An idle wait follows `IdleBackoff` (short after a message,
 growing to `--max-idle-wait` while none comes), counted from the start of the empty pull: when

@@ -289,7 +289,7 @@ def exchange(
         for node in nodes
     ]
     # Grid.send_and_receive would do the same, but pulls every 3 s (flwr 1.41,
-    # superlink/grid/http_grid.py): up to 3 s lost twice per round, for a pull that costs one
+    # superlink/grid/http_grid.py): up to 3 s lost every round, for a pull that costs one
     # loopback request.
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout_s

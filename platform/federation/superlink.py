@@ -2,7 +2,7 @@
 
 Flower 1.41's Fleet API answers a SuperNode's PullMessages at once, empty or not, so a SuperNode
 hears of its next message only when it next asks: every SuperNode then trades latency (each of a
-round's two exchanges waits for a poll) against load (with 10 hospitals, two thirds of the
+round's exchange waits for a poll) against load (with 10 hospitals, two thirds of the
 SuperLink's requests were empty pulls, each ~4 ms of its CPU). This entry point runs Flower's own
 SuperLink, arguments and all, with two changes. A pull that finds no message waits up to
 `PULL_WAIT_S` for one addressed to its node (`message_wait`). A message is announced to its node's
