@@ -252,9 +252,9 @@ def encrypt_packed(
     words = _pack(np.pad(weighted, (0, -weighted.size % _VALUES_PER_SLOT)), quantization)
     plain = np.append(words[0::2] + 1j * words[1::2], weight_units)
     slot_count = context.params.slot_count
-    chunks = tuple(
-        _backend.encrypt_seeded(context.tenseal_context, plain[start : start + slot_count])
-        for start in range(0, plain.size, slot_count)
+    chunks = _backend.encrypt_seeded(
+        context.tenseal_context,
+        (plain[start : start + slot_count] for start in range(0, plain.size, slot_count)),
     )
     return PackedUpdate(
         fingerprint=context.fingerprint,
@@ -355,15 +355,8 @@ def decrypt_packed_mean(context: SecretContext, update: PackedUpdate) -> Decrypt
         raise TypeError("decrypting needs the hospital's SecretContext; the aggregator has no key")
     scheme = update.quantization
     sizes = _slot_sizes(update.length, slot_count=context.params.slot_count)
-    decrypted = np.concatenate(
-        [
-            _backend.decrypt_seal_chunk(
-                context.tenseal_context, ciphertext, size=size, name=f"chunk {index}"
-            )
-            for index, (ciphertext, size) in enumerate(
-                zip(_load_chunks(context, update, name="the update"), sizes, strict=True)
-            )
-        ]
+    decrypted = _backend.decrypt_seal_chunks(
+        context.tenseal_context, _load_chunks(context, update, name="the update"), sizes=sizes
     )
     words = _integers(np.column_stack((decrypted.real, decrypted.imag)).reshape(-1))
     total_units, spare = int(words[-2]), int(words[-1])

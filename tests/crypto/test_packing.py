@@ -213,7 +213,7 @@ def test_updates_of_another_quantization_are_not_summed(
 
 def test_a_slot_that_is_no_integer_fails_decryption(secret: SecretContext) -> None:
     # A ciphertext of this study that no packed encoder made: half-integers in its slots.
-    forged = _backend.encrypt_seeded(secret.tenseal_context, np.full(3, 0.5 + 0j))
+    (forged,) = _backend.encrypt_seeded(secret.tenseal_context, [np.full(3, 0.5 + 0j)])
     update = PackedUpdate(
         fingerprint=secret.fingerprint, length=3, quantization=SCHEME, chunks=(forged,)
     )
