@@ -39,11 +39,22 @@ def read_update(
     context: SecretContext | AggregatorContext,
     expected_length: int | None = None,
     max_bytes: int,
+    check_ciphertexts: bool = True,
 ) -> Update:
-    """Parse and fully validate an update in the study's format (see the two ``from_bytes``)."""
+    """Parse and fully validate an update in the study's format (see the two ``from_bytes``).
+
+    A caller that adds the update to an :class:`UpdateSum` or decrypts it at once may pass
+    ``check_ciphertexts=False``: that step loads and checks every ciphertext anyway, and refuses
+    the whole update if one fails, so they are not loaded twice. Everything else (size, study,
+    format, lengths, chunk framing) is still checked here.
+    """
     kind = PackedUpdate if is_packed(context.params) else EncryptedUpdate
     return kind.from_bytes(
-        data, context=context, expected_length=expected_length, max_bytes=max_bytes
+        data,
+        context=context,
+        expected_length=expected_length,
+        max_bytes=max_bytes,
+        check_ciphertexts=check_ciphertexts,
     )
 
 

@@ -205,8 +205,12 @@ class PackedUpdate:
         context: SecretContext | AggregatorContext,
         expected_length: int | None = None,
         max_bytes: int,
+        check_ciphertexts: bool = True,
     ) -> PackedUpdate:
         """Parse and fully validate an update, every ciphertext included, under ``context``.
+
+        ``check_ciphertexts=False`` leaves the ciphertexts to the step that loads them next: see
+        :func:`crypto.codec.read_update`.
 
         Raises:
             OversizeError: ``data`` is longer than ``max_bytes``.
@@ -221,8 +225,9 @@ class PackedUpdate:
                 f"update carries {update.length} values but the model has {expected_length}: it "
                 "was made for another model architecture"
             )
-        for _ in _load_chunks(context, update, name="the update"):
-            pass
+        if check_ciphertexts:
+            for _ in _load_chunks(context, update, name="the update"):
+                pass
         return update
 
 
@@ -347,6 +352,8 @@ def decrypt_packed_mean(context: SecretContext, update: PackedUpdate) -> Decrypt
     """Decrypt a (summed) packed update into the weighted mean of its values.
 
     Raises:
+        ContextMismatchError: The update belongs to another study.
+        MalformedUpdateError: A chunk is not a ciphertext of this study.
         DecryptionError: A word is not an integer within :data:`NOISE_MARGIN`, or holds more
             than two fields, or the weight's slot is not a positive integer: not a sum of this
             study's packed updates.

@@ -114,6 +114,7 @@ class EncryptedUpdate:
         context: SecretContext | AggregatorContext,
         expected_length: int | None = None,
         max_bytes: int,
+        check_ciphertexts: bool = True,
     ) -> EncryptedUpdate:
         """Parse and fully validate an update, including every ciphertext, under ``context``.
 
@@ -122,6 +123,8 @@ class EncryptedUpdate:
             context: The study's context (either side); the update must carry its fingerprint.
             expected_length: The model's number of values, when the caller knows it.
             max_bytes: Largest input accepted; see :func:`max_update_nbytes`.
+            check_ciphertexts: False leaves the ciphertexts to the step that loads them next:
+                see :func:`crypto.codec.read_update`.
 
         Raises:
             OversizeError: ``data`` is longer than ``max_bytes``.
@@ -142,9 +145,11 @@ class EncryptedUpdate:
             length=length,
             chunks=read_chunks(data, offset=_HEADER.size, chunk_count=chunk_count),
         )
-        # Parse every ciphertext now, so that nothing malformed outlives this call.
-        for _ in _load_chunks(context, update, name="the update"):
-            pass
+        # Parse every ciphertext now, so that nothing malformed outlives this call, unless the
+        # caller's next step does.
+        if check_ciphertexts:
+            for _ in _load_chunks(context, update, name="the update"):
+                pass
         return update
 
 

@@ -421,6 +421,7 @@ def _global_model(key: SecretContext, request: RoundRequest) -> nn.Module:
             context=key,
             expected_length=parameter_count(model),
             max_bytes=MAX_GLOBAL_STATE_BYTES,
+            check_ciphertexts=False,  # decryption, next, loads and checks each one
         )
         set_flat_parameters(model, decrypt_weighted_mean(key, state).mean)
     except CryptoError as error:

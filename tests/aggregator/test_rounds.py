@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Message
 
 from aggregator import wire
 from aggregator.config import AggregatorConfig, ConfigError
 from aggregator.results import JsonlResultsSink, read_events
 from aggregator.rounds import RunFailedError, blob_of, blob_record, run_study
 from crypto import Quantization
-from crypto.codec import read_update
+from crypto.codec import Update, read_update
 from demo.setup import DEMO_CONSENT_WAIVER, Consortium, node_policy_toml
 from federation.inprocess import RUN_ID, InProcessGrid
 from hospitals.ledger import PrivacyLedger
@@ -162,13 +163,25 @@ def test_a_silent_hospital_is_dropped_and_the_round_completes(make_consortium, t
     assert result["dropped"] == {f"node {grid.node_id('hospital-c')}": "no reply within 2 s"}
 
 
-def test_a_malformed_update_is_rejected_without_stopping_the_round(make_consortium, tmp_path):
+def junk_update(update: Update) -> bytes:
+    return b"COHE" + bytes(100)
+
+
+def junk_ciphertext(update: Update) -> bytes:
+    """Sound framing around a chunk that is no ciphertext: found once the sum loads it."""
+    return replace(update, chunks=(b"not a ciphertext", *update.chunks[1:])).to_bytes()
+
+
+@pytest.mark.parametrize("garbled", [junk_update, junk_ciphertext])
+def test_a_malformed_update_is_rejected_without_stopping_the_round(
+    make_consortium, tmp_path, garbled: Callable[[Update], bytes]
+):
     def garble(reply: Message) -> Message:
         if wire.UPDATE in reply.content.array_records:
-            junk = b"COHE" + bytes(100)
-            reply.content.array_records[wire.UPDATE] = ArrayRecord(
-                {wire.BLOB: Array(dtype="bytes", shape=(len(junk),), stype="raw", data=junk)}
+            update = read_update(
+                blob_of(reply, wire.UPDATE), context=consortium.key, max_bytes=1 << 20
             )
+            reply.content.array_records[wire.UPDATE] = blob_record(garbled(update))
         return reply
 
     consortium = make_consortium(rounds=1)

@@ -3,6 +3,8 @@ a hospital sends about 1 times float32, and malformed input is refused by name."
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -118,12 +120,18 @@ def test_a_running_sum_refuses_a_bad_update_whole_and_keeps_the_others(
         encrypt_packed(secret, values=np.full(length, value), weight=1.0, quantization=SCHEME)
         for value in (1.0, 3.0)
     ]
-    # Its first chunk is a sound ciphertext; the second is found wrong only once loaded.
-    broken = PackedUpdate(
-        fingerprint=secret.fingerprint,
-        length=length,
-        quantization=SCHEME,
-        chunks=(good[0].chunks[0], b"not a ciphertext"),
+    # Its first chunk is a sound ciphertext; the second is found wrong only once loaded: read
+    # without its ciphertexts, as the aggregator reads the updates it sums.
+    broken = PackedUpdate.from_bytes(
+        PackedUpdate(
+            fingerprint=secret.fingerprint,
+            length=length,
+            quantization=SCHEME,
+            chunks=(good[0].chunks[0], b"not a ciphertext"),
+        ).to_bytes(),
+        context=aggregator,
+        max_bytes=max_packed_nbytes(length),
+        check_ciphertexts=False,
     )
     running = PackedSum(aggregator)
 
@@ -136,6 +144,8 @@ def test_a_running_sum_refuses_a_bad_update_whole_and_keeps_the_others(
     result = decrypt_packed_mean(secret, running.total())
     np.testing.assert_allclose(result.mean, 2.0, atol=SCHEME.error_bound([1.0, 1.0]))
     assert result.total_weight == 2
+    with pytest.raises(MalformedUpdateError, match="chunk 1 of the update"):
+        decrypt_packed_mean(secret, broken)
 
 
 def test_a_hospital_sends_one_times_float32_and_the_aggregate_two(
@@ -195,9 +205,9 @@ def test_malformed_bytes_are_refused_by_name(
         (data, other_study, ContextMismatchError, "another study"),
         (data[: len(data) // 2], aggregator, MalformedUpdateError, "truncated"),
     ]
-    for bad, context, error, message in cases:
+    for (bad, context, error, message), check in itertools.product(cases, (True, False)):
         with pytest.raises(error, match=message):
-            PackedUpdate.from_bytes(bad, context=context, max_bytes=limit)
+            PackedUpdate.from_bytes(bad, context=context, max_bytes=limit, check_ciphertexts=check)
     with pytest.raises(OversizeError):
         PackedUpdate.from_bytes(data, context=aggregator, max_bytes=len(data) - 1)
 

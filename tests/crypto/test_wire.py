@@ -22,8 +22,10 @@ from crypto import (
     MalformedUpdateError,
     OversizeError,
     SecretContext,
+    decrypt_mean,
     encrypt_update,
 )
+from crypto.codec import UpdateSum
 
 HEADER = struct.Struct(">4sB32sII")
 LIMIT = 1 << 24
@@ -138,15 +140,26 @@ def test_zero_length_is_refused(aggregator: AggregatorContext, wire: bytes) -> N
 
 
 def test_chunk_replaced_by_random_bytes(
-    aggregator: AggregatorContext, update: EncryptedUpdate
+    secret: SecretContext, aggregator: AggregatorContext, update: EncryptedUpdate
 ) -> None:
     noise = np.random.default_rng(2).bytes(len(update.chunks[1]))
     forged = EncryptedUpdate(
         fingerprint=update.fingerprint, length=update.length, chunks=(update.chunks[0], noise)
-    )
+    ).to_bytes()
 
     with pytest.raises(MalformedUpdateError, match="chunk 1 of the update is not a CKKS"):
-        _load(forged.to_bytes(), aggregator)
+        _load(forged, aggregator)
+    # Read without its ciphertexts, as the aggregator and hospitals read before summing or
+    # decrypting: that step refuses it, and a sum stays as it was.
+    unchecked = EncryptedUpdate.from_bytes(
+        forged, context=aggregator, max_bytes=LIMIT, check_ciphertexts=False
+    )
+    running = UpdateSum(aggregator)
+    with pytest.raises(MalformedUpdateError, match="chunk 1 of update 0 is not a CKKS"):
+        running.add(unchecked)
+    assert running.count == 0
+    with pytest.raises(MalformedUpdateError, match="chunk 1 of the update is not a CKKS"):
+        decrypt_mean(secret, unchecked)
 
 
 def test_chunks_in_the_wrong_order(aggregator: AggregatorContext, update: EncryptedUpdate) -> None:
