@@ -39,3 +39,15 @@ def test_the_overhead_table_splits_the_cpu_per_round_by_part():
     assert row["hospitals' CPU s / round"] == 9.3
     assert row["of it: SuperNodes / launchers / ClientApp tasks"] == "3.00 / 0.80 / 5.50"
     assert row["SuperLink CPU s / round"] == 2.7
+
+
+def test_medians_leave_out_the_first_round_and_the_last_while_others_remain():
+    def rounds(*seconds: float) -> list[dict[str, float]]:
+        return [{"seconds": s} for s in seconds]
+
+    # Round 1 starts the processes; the last round's seconds hold the final evaluation.
+    assert federation.steady_median(rounds(9.0, 3.0, 4.0, 8.0), "seconds") == 3.5
+    assert federation.steady_median(rounds(9.0, 3.0, 8.0), "seconds") == 3.0
+    assert federation.steady_median(rounds(9.0, 8.0), "seconds") == 8.0
+    assert federation.steady_median(rounds(9.0), "seconds") == 9.0
+    assert federation.steady_median([], "seconds") is None
