@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,13 +158,55 @@ def steady_median(rounds: Sequence[dict[str, Any]], key: str) -> float | None:
 
 
 @dataclass(frozen=True)
+class CpuWindow:
+    """CPU seconds of each of cpu_by_part's parts over `rounds` rounds of a run."""
+
+    cpu_s: dict[str, float]
+    rounds: int
+
+    @property
+    def per_round(self) -> dict[str, float]:
+        return {part: s / self.rounds for part, s in self.cpu_s.items()} if self.rounds else {}
+
+
+class CpuMarks:
+    """cpu_by_part as a run starts, as the aggregator reports each round, and as the run ends."""
+
+    def __init__(self, federation: LocalFederation) -> None:
+        self._federation = federation
+        self.start = cpu_by_part(federation)
+        self.reported: dict[int, dict[str, float]] = {}
+        self.end = self.start
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event["event"] == "round":
+            self.reported[event["round"]] = cpu_by_part(self._federation)
+
+    def finish(self) -> None:
+        self.end = cpu_by_part(self._federation)
+
+    def steady(self, rounds: int) -> CpuWindow:
+        """From round 1's report to the second-to-last round's.
+
+        Round r is reported once round r + 1's replies are in, so the window holds the work of
+        rounds 3 to the last, and neither round 1's (start-up, each hospital's noise calibration)
+        nor the final evaluation. The whole run when it has fewer than three rounds.
+        """
+        if rounds >= 3 and {1, rounds - 1} <= self.reported.keys():
+            first, last, counted = self.reported[1], self.reported[rounds - 1], rounds - 2
+        else:
+            first, last, counted = self.start, self.end, rounds
+        return CpuWindow({part: last[part] - first[part] for part in last}, counted)
+
+
+@dataclass(frozen=True)
 class ScaleResult:
     hospitals: int
     rounds: list[dict[str, Any]]  # per round: seconds, slowest train, overhead, train per hospital
     peak_rss_mib: dict[str, float]
     startup_s: float
     total_s: float
-    cpu_s: dict[str, float]  # cpu_by_part's parts, over the whole run
+    cpu: CpuWindow  # CpuMarks.steady
 
     @property
     def median_seconds(self) -> float | None:
@@ -180,7 +222,7 @@ class ScaleResult:
 
     @property
     def cpu_s_per_round(self) -> dict[str, float]:
-        return {part: s / len(self.rounds) for part, s in self.cpu_s.items()} if self.rounds else {}
+        return self.cpu.per_round
 
     @property
     def hospitals_cpu_s_per_round(self) -> float | None:
@@ -258,7 +300,13 @@ def started(workdir: Path, consortium: Consortium) -> Iterator[LocalFederation]:
         federation.stop()
 
 
-def run_app(federation: LocalFederation, request: StudyRequest, *, app_dir: Path) -> RunOutcome:
+def run_app(
+    federation: LocalFederation,
+    request: StudyRequest,
+    *,
+    app_dir: Path,
+    on_event: Callable[[dict[str, Any]], None] = lambda event: None,
+) -> RunOutcome:
     """Run the study as the app whose manifest is in `app_dir` (federation.runner.run_and_follow
     always submits the product's), to its end; raise if it failed."""
     request.results_path.unlink(missing_ok=True)
@@ -268,7 +316,7 @@ def run_app(federation: LocalFederation, request: StudyRequest, *, app_dir: Path
         federation.control,
         run_id,
         request.results_path,
-        on_event=lambda event: None,
+        on_event=on_event,
         timeout_s=RUN_TIMEOUT_S,
     )
     if not outcome.status.succeeded:
@@ -322,20 +370,20 @@ def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
                 for name, node in federation.supernodes.items()
             }
         )
-        cpu_before = cpu_by_part(federation)
+        marks = CpuMarks(federation)
         sampler.start()
         try:
-            outcome = run_app(federation, request, app_dir=APP_DIR)
+            outcome = run_app(federation, request, app_dir=APP_DIR, on_event=marks.on_event)
         finally:
             sampler.stop()
-        cpu_after = cpu_by_part(federation)
+        marks.finish()
     return ScaleResult(
         hospitals=hospitals,
         rounds=round_figures(outcome),
         peak_rss_mib={name: rss / MIB for name, rss in sorted(sampler.peaks.items())},
         startup_s=startup_s,
         total_s=time.monotonic() - began,
-        cpu_s={part: cpu_after[part] - cpu_before[part] for part in cpu_after},
+        cpu=marks.steady(len(outcome.rounds)),
     )
 
 
@@ -410,6 +458,7 @@ def figures(result: ScaleResult) -> dict[str, Any]:
         "peak_rss_mib": result.peak_rss_mib,
         "hospitals_cpu_s_per_round": result.hospitals_cpu_s_per_round,
         "cpu_s_per_round": result.cpu_s_per_round,
+        "cpu_rounds_counted": result.cpu.rounds,
         "cpu_count": psutil.cpu_count(),
     }
 
@@ -482,7 +531,9 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "overhead also holds every hospital's HE encryption and decryption (once per global "
             "model) and its evaluation, all sharing this machine's cores.",
             "Hospitals' CPU s / round: CPU time of every hospital's SuperNode, launcher and "
-            f"ClientApp tasks over the run, per round. Divided by this machine's "
+            "ClientApp tasks per round, from round 1's report to the second-to-last round's "
+            "(round 1's start-up and noise calibration and the final evaluation fall outside; "
+            "the whole run with fewer than three rounds). Divided by this machine's "
             f"{psutil.cpu_count()} cores it is the part of a round the hospitals' own work "
             "takes when they share one machine, as they do here and not in a consortium. "
             "Split into its parts (a launcher's own CPU apart from the tasks it forked), and the "

@@ -30,7 +30,10 @@ def test_the_overhead_table_splits_the_cpu_per_round_by_part():
         peak_rss_mib={},
         startup_s=30.0,
         total_s=50.0,
-        cpu_s={"SuperNodes": 6.0, "launchers": 1.6, "ClientApp tasks": 11.0, "SuperLink": 5.4},
+        cpu=federation.CpuWindow(
+            {"SuperNodes": 6.0, "launchers": 1.6, "ClientApp tasks": 11.0, "SuperLink": 5.4},
+            rounds=2,
+        ),
     )
 
     table = federation.overhead_table([result])
@@ -51,3 +54,17 @@ def test_medians_leave_out_the_first_round_and_the_last_while_others_remain():
     assert federation.steady_median(rounds(9.0, 8.0), "seconds") == 8.0
     assert federation.steady_median(rounds(9.0), "seconds") == 9.0
     assert federation.steady_median([], "seconds") is None
+
+
+def test_cpu_per_round_is_counted_between_round_1_and_the_final_evaluation(monkeypatch):
+    used = iter([10.0, 30.0, 36.0, 42.0, 50.0])  # start, reports of rounds 1-3, end
+    monkeypatch.setattr(federation, "cpu_by_part", lambda _: {"SuperLink": next(used)})
+    marks = federation.CpuMarks(None)
+    for number in (1, 2, 3):
+        marks.on_event({"event": "round", "round": number})
+    marks.on_event({"event": "run-finished"})
+    marks.finish()
+
+    # Rounds 3 and 4's work lies between the reports of rounds 1 and 3.
+    assert marks.steady(4).per_round == {"SuperLink": 6.0}
+    assert marks.steady(2).per_round == {"SuperLink": 20.0}  # too few rounds: the whole run
