@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,15 +29,50 @@ STOP_GRACE_S = 5.0
 SUPERLINK_STATE = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME
 CONNECTION = "local"
 
+# free_port's ports: above the well-known and most registered services' ports, below the
+# kernel's ephemeral range (Linux says where that starts; IANA's range starts at 49152).
+LOWEST_PORT = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL_LOW = 49152
+PORT_TRIES = 100
+_HANDED_OUT: set[int] = set()
+
 # A hospital's SuperNode is described by its node settings alone: the node.toml keys hospital IT
 # writes (hospitals/node.py), which this deployment hands to the SuperNode as that very file.
 HospitalNodeSpec: TypeAlias = NodeSettings
 
 
 def free_port() -> int:
+    """A loopback port that no listener holds now, below the kernel's ephemeral range.
+
+    The port the kernel picks for port 0 comes from the ephemeral range, where every outgoing
+    connection takes its local port too: with 50 hospitals connecting, one connection took the
+    port chosen for a SuperNode before the SuperNode could listen on it. Below that range only a
+    listener that asks for a port gets it, and this process hands each port out once.
+    """
+    low = _ephemeral_low()
+    for _ in range(PORT_TRIES):
+        port = random.randrange(LOWEST_PORT, low)  # noqa: S311 - a port, not a secret
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
+            return port
+    raise OSError(f"no free loopback port among {PORT_TRIES} tried in {LOWEST_PORT}-{low - 1}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return DEFAULT_EPHEMERAL_LOW
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def flower_environment(flwr_home: Path) -> dict[str, str]:
@@ -57,7 +93,12 @@ class ManagedProcess:
     """A child process in its own process group, logging to a file, stopped by PID."""
 
     def __init__(
-        self, name: str, command: Sequence[str], *, log_path: Path, env: Mapping[str, str]
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str],
     ):
         self.name = name
         self.log_path = log_path

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 
-from federation.deployment import LocalFederation
+from federation import deployment
+from federation.deployment import LOWEST_PORT, LocalFederation, _ephemeral_low, free_port
 from hospitals.node import NodeSettings
 
 
@@ -28,3 +30,27 @@ def test_nodes_on_one_machine_share_its_cores_unless_their_config_says_otherwise
 
     assert federation.cpu_threads_per_node == share
     assert [spec.cpu_threads for spec in written] == [share, 3]
+
+
+def test_ports_are_handed_out_once_below_the_ephemeral_range_where_no_connection_takes_them():
+    ports = [free_port() for _ in range(200)]
+
+    assert len(set(ports)) == len(ports)
+    assert all(LOWEST_PORT <= port < _ephemeral_low() for port in ports)
+
+
+def test_a_port_a_listener_holds_is_not_handed_out(monkeypatch):
+    def unused_port() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        held, free = listener.getsockname()[1], unused_port()
+        choices = iter([held, free])
+        monkeypatch.setattr(deployment.random, "randrange", lambda low, high: next(choices))
+        monkeypatch.setattr(deployment, "_ephemeral_low", lambda: 65536)
+
+        assert deployment.free_port() == free
