@@ -258,9 +258,10 @@ def decrypt_seal_chunks(
 
     Needs the context's secret key. One encoder decodes every chunk, as in :func:`encrypt_seeded`.
     """
-    seal_context = context.seal_context().data
-    encoder = sealapi.CKKSEncoder(seal_context)
-    decryptor = sealapi.Decryptor(seal_context, context.secret_key().data)
+    with _translated(CryptoError, "SEAL could not set up decryption"):
+        seal_context = context.seal_context().data
+        encoder = sealapi.CKKSEncoder(seal_context)
+        decryptor = sealapi.Decryptor(seal_context, context.secret_key().data)
     slots = []
     for index, (ciphertext, size) in enumerate(zip(ciphertexts, sizes, strict=True)):
         with _translated(MalformedUpdateError, f"cannot decrypt chunk {index}"):
