@@ -6,7 +6,7 @@ import os
 import socket
 
 from federation import deployment
-from federation.deployment import LOWEST_PORT, LocalFederation, _ephemeral_low, free_port
+from federation.deployment import LocalFederation
 from hospitals.node import NodeSettings
 
 
@@ -33,10 +33,10 @@ def test_nodes_on_one_machine_share_its_cores_unless_their_config_says_otherwise
 
 
 def test_ports_are_handed_out_once_below_the_ephemeral_range_where_no_connection_takes_them():
-    ports = [free_port() for _ in range(200)]
+    ports = [deployment.free_port() for _ in range(200)]
 
     assert len(set(ports)) == len(ports)
-    assert all(LOWEST_PORT <= port < _ephemeral_low() for port in ports)
+    assert all(deployment.LOWEST_PORT <= port < deployment._ephemeral_low() for port in ports)
 
 
 def test_a_port_a_listener_holds_is_not_handed_out(monkeypatch):
