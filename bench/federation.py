@@ -159,44 +159,59 @@ def steady_median(rounds: Sequence[dict[str, Any]], key: str) -> float | None:
 
 @dataclass(frozen=True)
 class CpuWindow:
-    """CPU seconds of each of cpu_by_part's parts over `rounds` rounds of a run."""
+    """CPU seconds of each of cpu_by_part's parts over `rounds` rounds' worth of a run."""
 
     cpu_s: dict[str, float]
-    rounds: int
+    rounds: float
 
     @property
     def per_round(self) -> dict[str, float]:
         return {part: s / self.rounds for part, s in self.cpu_s.items()} if self.rounds else {}
 
 
+@dataclass(frozen=True)
+class CpuMark:
+    at: float  # time.monotonic()
+    cpu_s: dict[str, float]  # cpu_by_part
+
+
 class CpuMarks:
-    """cpu_by_part as a run starts, as the aggregator reports each round, and as the run ends."""
+    """cpu_by_part as a run starts, as each round's report is seen, and as the run ends."""
 
     def __init__(self, federation: LocalFederation) -> None:
         self._federation = federation
-        self.start = cpu_by_part(federation)
-        self.reported: dict[int, dict[str, float]] = {}
+        self.start = self._mark()
+        self.reported: dict[int, CpuMark] = {}
         self.end = self.start
 
     def on_event(self, event: dict[str, Any]) -> None:
         if event["event"] == "round":
-            self.reported[event["round"]] = cpu_by_part(self._federation)
+            self.reported[event["round"]] = self._mark()
 
     def finish(self) -> None:
-        self.end = cpu_by_part(self._federation)
+        self.end = self._mark()
 
-    def steady(self, rounds: int) -> CpuWindow:
-        """From round 1's report to the second-to-last round's.
+    def steady(self, rounds: int, round_s: float | None) -> CpuWindow:
+        """Between the reports of round 1 and of the second-to-last round.
 
-        Round r is reported once round r + 1's replies are in, so the window holds the work of
-        rounds 3 to the last, and neither round 1's (start-up, each hospital's noise calibration)
-        nor the final evaluation. The whole run when it has fewer than three rounds.
+        Round r is reported once round r + 1's replies are in, so the window holds neither round
+        1's work (start-up, each hospital's noise calibration) nor the final evaluation. Reports
+        are seen when `follow` polls, which a slow status check can delay until two arrive
+        together, so the window counts as many rounds as its length holds median rounds
+        (`round_s`). The whole run, when it has fewer than three rounds or the window is shorter
+        than half a round.
         """
-        if rounds >= 3 and {1, rounds - 1} <= self.reported.keys():
-            first, last, counted = self.reported[1], self.reported[rounds - 1], rounds - 2
+        first, last = self.reported.get(1), self.reported.get(rounds - 1)
+        if rounds >= 3 and first and last and round_s and last.at - first.at >= round_s / 2:
+            counted = (last.at - first.at) / round_s
         else:
             first, last, counted = self.start, self.end, rounds
-        return CpuWindow({part: last[part] - first[part] for part in last}, counted)
+        return CpuWindow(
+            {part: last.cpu_s[part] - first.cpu_s[part] for part in last.cpu_s}, counted
+        )
+
+    def _mark(self) -> CpuMark:
+        return CpuMark(time.monotonic(), cpu_by_part(self._federation))
 
 
 @dataclass(frozen=True)
@@ -377,13 +392,14 @@ def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
         finally:
             sampler.stop()
         marks.finish()
+    reported = round_figures(outcome)
     return ScaleResult(
         hospitals=hospitals,
-        rounds=round_figures(outcome),
+        rounds=reported,
         peak_rss_mib={name: rss / MIB for name, rss in sorted(sampler.peaks.items())},
         startup_s=startup_s,
         total_s=time.monotonic() - began,
-        cpu=marks.steady(len(outcome.rounds)),
+        cpu=marks.steady(len(reported), round_s=steady_median(reported, "seconds")),
     )
 
 
@@ -458,7 +474,7 @@ def figures(result: ScaleResult) -> dict[str, Any]:
         "peak_rss_mib": result.peak_rss_mib,
         "hospitals_cpu_s_per_round": result.hospitals_cpu_s_per_round,
         "cpu_s_per_round": result.cpu_s_per_round,
-        "cpu_rounds_counted": result.cpu.rounds,
+        "cpu_rounds_counted": round(result.cpu.rounds, 2),
         "cpu_count": psutil.cpu_count(),
     }
 
@@ -532,9 +548,10 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "overhead also holds every hospital's HE encryption and decryption (once per global "
             "model) and its evaluation, all sharing this machine's cores.",
             "Hospitals' CPU s / round: CPU time of every hospital's SuperNode, launcher and "
-            "ClientApp tasks per round, from round 1's report to the second-to-last round's "
-            "(round 1's start-up and noise calibration and the final evaluation fall outside; "
-            "the whole run with fewer than three rounds). Divided by this machine's "
+            "ClientApp tasks per round: their CPU rate from round 1's report to the second-to-last "
+            "round's, times the median round (round 1's start-up and noise calibration and the "
+            "final evaluation fall outside; the whole run with fewer than three rounds). Divided "
+            "by this machine's "
             f"{psutil.cpu_count()} cores it is the part of a round the hospitals' own work "
             "takes when they share one machine, as they do here and not in a consortium. "
             "Split into its parts (a launcher's own CPU apart from the tasks it forked), and the "

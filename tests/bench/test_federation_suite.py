@@ -56,15 +56,25 @@ def test_medians_leave_out_the_first_round_and_the_last_while_others_remain():
     assert federation.steady_median([], "seconds") is None
 
 
-def test_cpu_per_round_is_counted_between_round_1_and_the_final_evaluation(monkeypatch):
-    used = iter([10.0, 30.0, 36.0, 42.0, 50.0])  # start, reports of rounds 1-3, end
-    monkeypatch.setattr(federation, "cpu_by_part", lambda _: {"SuperLink": next(used)})
-    marks = federation.CpuMarks(None)
-    for number in (1, 2, 3):
-        marks.on_event({"event": "round", "round": number})
-    marks.on_event({"event": "run-finished"})
-    marks.finish()
+def test_cpu_per_round_is_the_rate_between_round_1_and_the_final_evaluation(monkeypatch):
+    # (seconds, SuperLink CPU s) at the start, the reports of rounds 1 to 3, and the end.
+    marks = iter([(0.0, 10.0), (20.0, 30.0), (22.0, 36.0), (24.0, 42.0), (30.0, 50.0)])
+    current = {"used": 0.0}
 
-    # Rounds 3 and 4's work lies between the reports of rounds 1 and 3.
-    assert marks.steady(4).per_round == {"SuperLink": 6.0}
-    assert marks.steady(2).per_round == {"SuperLink": 20.0}  # too few rounds: the whole run
+    def monotonic() -> float:  # each mark reads the clock first, then the CPU
+        seconds, current["used"] = next(marks)
+        return seconds
+
+    monkeypatch.setattr(federation.time, "monotonic", monotonic)
+    monkeypatch.setattr(federation, "cpu_by_part", lambda _: {"SuperLink": current["used"]})
+    cpu = federation.CpuMarks(None)
+    for number in (1, 2, 3):
+        cpu.on_event({"event": "round", "round": number})
+    cpu.on_event({"event": "run-finished"})
+    cpu.finish()
+
+    # 12 CPU-s over 4 s between the reports of rounds 1 and 3: 3 CPU-s per second of rounds.
+    assert cpu.steady(4, round_s=2.0).per_round == {"SuperLink": 6.0}
+    # Reports seen together (a window under half a round), or too few rounds: the whole run.
+    assert cpu.steady(4, round_s=10.0).per_round == {"SuperLink": 10.0}
+    assert cpu.steady(2, round_s=2.0).per_round == {"SuperLink": 20.0}
