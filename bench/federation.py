@@ -37,7 +37,7 @@ from bench.consortium import SyntheticCohort, synthetic_consortium
 from bench.core import SuiteResult, Table
 from demo.setup import Consortium, DemoSettings
 from federation.control import APP_DIR
-from federation.deployment import HOSPITAL_NICENESS, LocalFederation
+from federation.deployment import LocalFederation
 from federation.runner import RunOutcome, StudyRequest, follow, write_run_config
 from hospitals.models import ModelSpec, build_model, parameter_count
 from hospitals.protocol import canonical_json
@@ -541,9 +541,8 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "fresh; the SuperLink (cohort-superlink) holds a SuperNode's empty pull until a "
             "message for it is complete (up to 2 s), where Flower's SuperNode would poll every "
             "3 s; SuperNodes (cohort-supernode) hold a launcher's request until a task is "
-            "pending. Each node's tasks use its share of the cores (cpu-threads), and the "
-            f"nodes' processes run at nice {HOSPITAL_NICENESS} so that they do not starve the "
-            "SuperLink and ServerApp. A round is one exchange per hospital (evaluate the model it "
+            "pending. Each node's tasks use its share of the cores "
+            "(cpu-threads). A round is one exchange per hospital (evaluate the model it "
             "receives, then train), and the last round adds the final evaluation; the "
             "overhead also holds every hospital's HE encryption and decryption (once per global "
             "model) and its evaluation, all sharing this machine's cores.",

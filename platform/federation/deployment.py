@@ -28,12 +28,6 @@ from hospitals.node import NodeSettings
 STOP_GRACE_S = 5.0
 SUPERLINK_STATE = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME
 CONNECTION = "local"
-# Hospitals' processes (SuperNode, launcher and the tasks it forks) yield the CPU to the
-# SuperLink and the ServerApp it starts: on their own machines, in a consortium, they never
-# compete with them. On one machine every hospital's work competed with the one coordinator: with
-# 50 hospitals on 2 cores, a run failed when the ServerApp's heartbeats did not reach the
-# SuperLink for a minute, and the rounds that did run took 18 s instead of 15.
-HOSPITAL_NICENESS = 5
 
 # free_port's ports: above the well-known and most registered services' ports, below the
 # kernel's ephemeral range (Linux says where that starts; IANA's range starts at 49152).
@@ -105,17 +99,13 @@ class ManagedProcess:
         *,
         log_path: Path,
         env: Mapping[str, str],
-        niceness: int = 0,
     ):
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        # `nice` execs the command in its own process, so the PID is the command's, and every
-        # thread and child of it inherits the priority.
-        priority = ["nice", "-n", str(niceness)] if niceness else []
         with log_path.open("ab") as log:
             self.popen = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                [*priority, *command],
+                list(command),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -241,7 +231,6 @@ class LocalFederation:
             ],
             log_path=self.workdir / "logs" / f"supernode-{spec.hospital}.log",
             env=self.env,
-            niceness=HOSPITAL_NICENESS,
         )
         self.supernodes[spec.hospital] = process
         ready_file = self._launcher_ready_file(spec.hospital)
@@ -262,7 +251,6 @@ class LocalFederation:
             ],
             log_path=self.workdir / "logs" / f"launcher-{spec.hospital}.log",
             env=self.env,
-            niceness=HOSPITAL_NICENESS,
         )
         return process
 
