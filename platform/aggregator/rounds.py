@@ -162,15 +162,18 @@ class RoundReports:
     def __init__(self, sink: ResultsSink, names: HospitalNames) -> None:
         self._sink = sink
         self._names = names
-        self._waiting: SummedRound | None = None
+        self._waiting: SummedRound | None = None  # summed, not yet reported
+        # Kept apart from the waiting round: reporting a round must not take away its model.
+        self._global_state: bytes | None = None
 
     @property
     def global_state(self) -> bytes | None:
         """The latest global model, which the next round trains from."""
-        return None if self._waiting is None else self._waiting.global_state
+        return self._global_state
 
     def summed(self, summed: SummedRound) -> None:
         self._waiting = summed
+        self._global_state = summed.global_state
 
     def evaluated_by(self, replies: Iterable[Message], *, ended: float) -> None:
         """Report the waiting round with the evaluations its contributors sent in `replies`."""
