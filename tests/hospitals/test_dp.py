@@ -656,3 +656,29 @@ def test_train_plain_learns_and_is_deterministic() -> None:
 
     assert same_weights(first, second)
     assert evaluate(first, features=features, labels=labels).loss < 0.5 * before.loss
+
+
+def test_batches_hold_the_rows_a_row_at_a_time_loader_would() -> None:
+    # train_dp and train_plain gather each batch in one indexing; the rows, their order and the
+    # sampling stream must stay those of torch's default loader, or seeded rounds would change.
+    inputs, targets = torch.randn(50, 3), torch.randint(0, 2, (50,)).float()
+    gathered = dp_module._batches(
+        inputs, targets, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(4)
+    )
+    row_by_row = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(inputs, targets),
+        batch_size=8,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(4),
+    )
+
+    batches = list(gathered)
+    assert len(batches) == len(row_by_row) == 7
+    for (x, y), (expected_x, expected_y) in zip(batches, row_by_row, strict=True):
+        assert torch.equal(x, expected_x) and torch.equal(y, expected_y)
+
+
+def test_an_empty_batch_keeps_the_shapes_and_types_of_the_rows() -> None:
+    inputs, targets = torch.randn(5, 3), torch.ones(5)
+    x, y = dp_module._Rows(inputs, targets).__getitems__([])
+    assert (x.shape, x.dtype, y.shape, y.dtype) == ((0, 3), inputs.dtype, (0,), targets.dtype)
