@@ -39,6 +39,7 @@ from demo.setup import Consortium, DemoSettings
 from federation.control import APP_DIR
 from federation.deployment import LocalFederation
 from federation.runner import RunOutcome, StudyRequest, follow, write_run_config
+from federation.superlink import PULL_WAIT_S
 from hospitals.models import ModelSpec, build_model, parameter_count
 from hospitals.protocol import canonical_json
 
@@ -539,7 +540,8 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "seconds also hold the final evaluation.",
             "Each ClientApp task is forked from a warm launcher (cohort-launcher), not started "
             "fresh; the SuperLink (cohort-superlink) holds a SuperNode's empty pull until a "
-            "message for it is complete (up to 2 s), where Flower's SuperNode would poll every "
+            f"message for it is complete (up to {PULL_WAIT_S:g} s), where Flower's SuperNode "
+            "would poll every "
             "3 s; SuperNodes (cohort-supernode) hold a launcher's request until a task is "
             "pending. Each node's tasks use its share of the cores "
             "(cpu-threads). A round is one exchange per hospital (evaluate the model it "

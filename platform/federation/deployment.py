@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeAlias
@@ -122,14 +122,18 @@ class ManagedProcess:
 
     def stop(self) -> None:
         """SIGTERM to the whole group, then SIGKILL after a grace period."""
-        if not self.alive():
-            return
+        stop_together([self])
+
+    def terminate(self) -> None:
+        """SIGTERM to the whole group: ask it to stop, without waiting."""
         self._signal_group(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait for it to exit until `deadline` (time.monotonic()), then SIGKILL the group."""
         try:
-            self.popen.wait(timeout=STOP_GRACE_S)
+            self.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self._signal_group(signal.SIGKILL)
-            self.popen.wait()
+            self.kill()
 
     def kill(self) -> None:
         """Die at once, as a crashed hospital would."""
@@ -141,6 +145,20 @@ class ManagedProcess:
             os.killpg(self.popen.pid, signum)
         except ProcessLookupError:
             pass
+
+
+def stop_together(processes: Iterable[ManagedProcess]) -> None:
+    """Stop them all within one grace period: SIGTERM to each, then SIGKILL to any left.
+
+    A process may take seconds to stop (a SuperNode first ends the request for a task it holds),
+    and one after another 50 hospitals' SuperNodes took about a minute.
+    """
+    running = [process for process in processes if process.alive()]
+    for process in running:
+        process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in running:
+        process.wait_or_kill(deadline)
 
 
 class LocalFederation:
@@ -274,9 +292,10 @@ class LocalFederation:
 
     def stop(self) -> None:
         # Launchers first: their running tasks can still report to a live SuperNode.
-        for process in [*self.launchers.values(), *self.supernodes.values(), self.superlink]:
-            if process is not None:
-                process.stop()
+        stop_together(self.launchers.values())
+        stop_together(self.supernodes.values())
+        if self.superlink is not None:
+            self.superlink.stop()
 
     def describe(self) -> str:
         pids = ", ".join(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sys
+import time
 
 from federation import deployment
 from federation.deployment import LocalFederation
@@ -54,3 +57,64 @@ def test_a_port_a_listener_holds_is_not_handed_out(monkeypatch):
         monkeypatch.setattr(deployment, "_ephemeral_low", lambda: 65536)
 
         assert deployment.free_port() == free
+
+
+# Exits cleanly only once every process of its group has been asked to stop: each marks its own
+# SIGTERM, then waits for the others' marks. Stopped one at a time, the first would wait in vain.
+WAITS_FOR_ITS_PEERS = """
+import pathlib, signal, sys, time
+marks, me, peers = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def on_term(signum, frame):
+    (marks / me).touch()
+    while len(list(marks.iterdir())) < peers:
+        time.sleep(0.01)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+(marks.parent / f"ready-{me}").touch()
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_processes_stopped_together_share_one_grace_period(tmp_path, monkeypatch):
+    monkeypatch.setattr(deployment, "STOP_GRACE_S", 2.0)
+    marks = tmp_path / "terms"
+    marks.mkdir()
+    processes = [
+        deployment.ManagedProcess(
+            name,
+            [sys.executable, "-c", WAITS_FOR_ITS_PEERS, str(marks), name, "2"],
+            log_path=tmp_path / f"{name}.log",
+            env=os.environ,
+        )
+        for name in ("first", "second")
+    ]
+    while not all((tmp_path / f"ready-{p.name}").exists() for p in processes):
+        assert all(p.alive() for p in processes)
+        time.sleep(0.01)
+
+    deployment.stop_together(processes)
+
+    assert [p.popen.returncode for p in processes] == [0, 0]  # neither needed a SIGKILL
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path, monkeypatch):
+    monkeypatch.setattr(deployment, "STOP_GRACE_S", 0.2)
+    stubborn = deployment.ManagedProcess(
+        "stubborn",
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)",
+            str(tmp_path / "ready"),
+        ],
+        log_path=tmp_path / "stubborn.log",
+        env=os.environ,
+    )
+    while not (tmp_path / "ready").exists():
+        time.sleep(0.01)
+
+    stubborn.stop()
+
+    assert stubborn.popen.returncode == -signal.SIGKILL
