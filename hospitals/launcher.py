@@ -58,6 +58,7 @@ from flwr.supercore.utils import disable_process_dumping
 from flwr.supernode.runtime import run_clientapp as clientapp_runtime
 
 from hospitals.dp import RDP_CURVES, RdpCurves
+from hospitals.evaluation import prepare_metrics
 from hospitals.polling import (
     DEFAULT_MAX_IDLE_WAIT_S,
     IdleBackoff,
@@ -70,7 +71,17 @@ from hospitals.polling import (
 # torch.optim imports on an optimizer's first parameter group (torch/_compile.py). Flower's loader
 # (flwr/supercore/object_ref.py, load_app) imports a component only when it is not in sys.modules
 # yet, so forked tasks use these imports; a run naming another ClientApp imports it in each task.
-PRELOAD_MODULES = ("hospitals.client_app", "torch._dynamo")
+# The codecs and pyarrow modules are what the tasks of a study still imported, each, on their
+# first call: reading the app bundle's zip (cp437 names), the node's CSV (utf-8-sig) and turning
+# its Arrow table into pandas.
+PRELOAD_MODULES = (
+    "hospitals.client_app",
+    "torch._dynamo",
+    "encodings.cp437",
+    "encodings.utf_8_sig",
+    "pyarrow.pandas_compat",
+    "pyarrow.vendored.version",
+)
 # Flower's SuperExec asks for a task every FLWR_SUPEREXEC_TASK_POLL_INTERVAL (default 1 s,
 # run_superexec.py). This launcher asks as hospitals/polling.py says: soon after a task, since a
 # round's messages come in bursts, and at most every `--max-idle-wait` while none comes.
@@ -287,10 +298,12 @@ def _flush_standard_streams() -> None:
 
 
 def preload(modules: Sequence[str] = PRELOAD_MODULES) -> None:
-    """Import the ClientApp and all it imports, once, for every forked task to share."""
+    """Import the ClientApp and all it imports, once, and pay the one-off costs of its metrics,
+    for every forked task to share."""
     started = time.monotonic()
     for module in modules:
         importlib.import_module(module)
+    prepare_metrics()
     # Every object so far lives as long as the launcher: a task's garbage collections would walk
     # them all and, by updating their headers, copy each page of them into the child.
     gc.freeze()

@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,3 +108,32 @@ def test_bad_inputs_are_refused(features: np.ndarray, labels: np.ndarray, messag
 def test_models_with_several_outputs_are_refused() -> None:
     with pytest.raises(ValueError, match="one logit per row"):
         evaluate(nn.Linear(1, 2), features=np.zeros((2, 1)), labels=np.array([0, 1]))
+
+
+# In a fresh interpreter, so that nothing has computed a ROC AUC before: counts the reads of
+# package metadata while metrics are prepared, then while a ROC AUC is computed.
+COUNT_METADATA_READS = """
+import importlib.metadata
+from sklearn.metrics import roc_auc_score
+from hospitals.evaluation import prepare_metrics
+reads = []
+read = importlib.metadata.entry_points
+importlib.metadata.entry_points = lambda *args, **kwargs: reads.append(1) or read(*args, **kwargs)
+prepare_metrics()
+prepared = len(reads)
+roc_auc_score([0, 1, 1], [0.1, 0.4, 0.9])
+print(prepared, len(reads) - prepared)
+"""
+
+
+def test_prepared_metrics_leave_a_roc_auc_no_package_metadata_to_read():
+    # The launcher prepares them before it forks, so that no task pays the first call's reads.
+    counted = subprocess.run(
+        [sys.executable, "-c", COUNT_METADATA_READS],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    prepared, then = map(int, counted.stdout.split())
+    assert prepared > 0 and then == 0
