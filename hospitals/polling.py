@@ -126,10 +126,24 @@ class Arrivals:
     """Counts the work stored for each recipient, and wakes whoever waits for that recipient's."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: `close` runs in signal handlers, on a thread that may hold it already.
+        self._lock = threading.RLock()
         self._counts: Counter[Hashable] = Counter()
         # One condition per recipient, all on one lock: an arrival wakes only its own waiters.
         self._conditions: dict[Hashable, threading.Condition] = {}
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """No more work will come: wake every waiter, and wait no more. A process that stops
+        calls it, so that the requests it holds end now, not when their wait runs out."""
+        with self._lock:
+            self._closed = True
+            for condition in self._conditions.values():
+                condition.notify_all()
 
     def count(self, recipient: Hashable = None) -> int:
         with self._lock:
@@ -142,10 +156,13 @@ class Arrivals:
                 condition.notify_all()
 
     def wait_past(self, seen: int, *, timeout_s: float, recipient: Hashable = None) -> None:
-        """Return once `recipient` has more than `seen` arrivals, or after `timeout_s`."""
+        """Return once `recipient` has more than `seen` arrivals, after `timeout_s`, or once
+        closed."""
         with self._lock:
             condition = self._conditions.setdefault(recipient, threading.Condition(self._lock))
-            condition.wait_for(lambda: self._counts[recipient] != seen, timeout=timeout_s)
+            condition.wait_for(
+                lambda: self._closed or self._counts[recipient] != seen, timeout=timeout_s
+            )
 
 
 def announcing(
@@ -166,9 +183,9 @@ def announcing(
 
 @dataclass(frozen=True)
 class HeldRequest(Generic[RequestT, ResponseT]):
-    """A Flower request handler that answers "nothing yet" only after `wait_s` without work: it
-    asks `handler` again whenever `arrivals` announces work for the request's recipient, and costs
-    nothing in between."""
+    """A Flower request handler that answers "nothing yet" only after `wait_s` without work, or
+    once `arrivals` is closed: it asks `handler` again whenever `arrivals` announces work for the
+    request's recipient, and costs nothing in between."""
 
     handler: Callable[..., ResponseT]
     has_work: Callable[[ResponseT], bool]
@@ -184,6 +201,6 @@ class HeldRequest(Generic[RequestT, ResponseT]):
             seen = self.arrivals.count(recipient)
             response = self.handler(request, *args, **kwargs)
             remaining_s = deadline - time.monotonic()
-            if self.has_work(response) or remaining_s <= 0:
+            if self.has_work(response) or remaining_s <= 0 or self.arrivals.closed:
                 return response
             self.arrivals.wait_past(seen, timeout_s=remaining_s, recipient=recipient)

@@ -36,6 +36,7 @@ from typing import Any
 import flwr.supernode.start_client_internal as supernode_loop
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, AcquireTaskResponse
 from flwr.supercore import log
+from flwr.supercore.exit import add_exit_handler
 from flwr.supernode.cli.flower_supernode import flower_supernode
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 from flwr.supernode.servicer.runtime import runtime_handlers
@@ -124,6 +125,9 @@ def install(backoff: IdleBackoff) -> None:
         replace_in_flower(
             runtime_handlers, "acquire_task", task_wait(runtime_handlers.acquire_task)
         )
+        # A held request would hold up the Runtime API's graceful stop (the exit handler of
+        # Flower's that stops it waits up to 3 s): end them first, in the phase before the others.
+        add_exit_handler(TASK_ARRIVALS.close, run_before_force_exit=True)
     # The SuperNode's only NodeState (flwr/supernode/nodestate/nodestate_factory.py).
     if InMemoryNodeState.create_task is FLOWER_CREATE_TASK:
         InMemoryNodeState.create_task = announcing(FLOWER_CREATE_TASK, TASK_ARRIVALS)  # type: ignore[method-assign]

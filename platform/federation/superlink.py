@@ -24,7 +24,8 @@ one pull at a time (its loop pulls, then handles what it got), and threads start
 The changes reach Flower through `fleet_handlers.pull_messages`, the LinkStates'
 `store_message_and_object_tree`, the ObjectStores' `put` and `flwr.superlink.main._get_middleware`
 (the app's middleware, which also sees its start-up); `install` refuses a Flower without the first
-or the last.
+or the last. On SIGTERM or SIGINT, uvicorn's `Server.handle_exit` ends the held pulls first
+(`closing_held_pulls`), so the SuperLink stops without waiting out their holds.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ import functools
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from types import FrameType
 from typing import Any
 
 import anyio.to_thread
 import flwr.superlink.main as superlink_app
+import uvicorn
 from flwr.app import Message
 from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
@@ -83,6 +86,7 @@ MIDDLEWARE_PATHS: dict[object, str] = {
 }
 StoreMessage = Callable[..., tuple[bool, list[str]]]
 PutObject = Callable[..., None]
+HandleExit = Callable[[uvicorn.Server, int, FrameType | None], None]
 
 #: This process's: each message complete at the SuperLink, announced for its destination node.
 MESSAGE_ARRIVALS = Arrivals()
@@ -181,6 +185,19 @@ def tracking_objects(put: PutObject) -> PutObject:
     return put_and_track
 
 
+def closing_held_pulls(handle_exit: HandleExit) -> HandleExit:
+    """uvicorn's `Server.handle_exit` (its SIGTERM and SIGINT handler), ending every held pull
+    first: uvicorn's graceful stop waits for the requests in flight, and the held pulls of
+    SuperNodes that stopped already would keep it waiting up to `PULL_WAIT_S`."""
+
+    @functools.wraps(handle_exit)
+    def close_and_exit(server: uvicorn.Server, sig: int, frame: FrameType | None) -> None:
+        MESSAGE_ARRIVALS.close()
+        handle_exit(server, sig, frame)
+
+    return close_and_exit
+
+
 class MoreWorkerThreads:
     """ASGI middleware that, as the app starts, lets anyio run `threads` handlers at once."""
 
@@ -248,6 +265,8 @@ def install() -> None:
     for object_store in OBJECT_STORES:
         if not hasattr(object_store.put, "__wrapped__"):
             object_store.put = tracking_objects(object_store.put)  # type: ignore[method-assign]
+    if not hasattr(uvicorn.Server.handle_exit, "__wrapped__"):
+        uvicorn.Server.handle_exit = closing_held_pulls(uvicorn.Server.handle_exit)  # type: ignore[method-assign, assignment]
     flowers_middleware = superlink_app._get_middleware
     if not hasattr(flowers_middleware, "__wrapped__"):
         replace_in_flower(superlink_app, "_get_middleware", cohort_middleware(flowers_middleware))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -11,6 +12,7 @@ import anyio
 import anyio.to_thread
 import flwr.superlink.main as superlink_app
 import pytest
+import uvicorn
 from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse
 from flwr.proto.message_pb2 import Message as MessageProto
 from flwr.proto.node_pb2 import Node
@@ -23,6 +25,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from federation import superlink
 from federation.superlink import (
     CONTROL_PATHS,
     LINK_STATES,
@@ -34,6 +37,7 @@ from federation.superlink import (
     MessagesInFlight,
     MoreWorkerThreads,
     OnlyUnder,
+    closing_held_pulls,
     install,
     main,
     message_wait,
@@ -54,6 +58,8 @@ def test_install_changes_flowers_pull_handler_link_states_and_middleware(monkeyp
     flowers_puts = {object_store: object_store.put for object_store in OBJECT_STORES}
     for object_store, put in flowers_puts.items():
         monkeypatch.setattr(object_store, "put", put)
+    uvicorns_handle_exit = uvicorn.Server.handle_exit
+    monkeypatch.setattr(uvicorn.Server, "handle_exit", uvicorns_handle_exit)
 
     install()
     install()  # a second install changes nothing more
@@ -64,6 +70,7 @@ def test_install_changes_flowers_pull_handler_link_states_and_middleware(monkeyp
         assert state.store_message_and_object_tree.__wrapped__ is store
     for object_store, put in flowers_puts.items():
         assert object_store.put.__wrapped__ is put
+    assert uvicorn.Server.handle_exit.__wrapped__ is uvicorns_handle_exit
     first, *rest = superlink_app._get_middleware()
     assert (first.cls, first.kwargs) == (MoreWorkerThreads, {"threads": WORKER_THREADS})
     assert [m.kwargs.get("middleware", m).cls for m in rest] == [
@@ -292,3 +299,16 @@ def test_the_command_is_flowers_superlink_with_the_change_installed(monkeypatch)
     monkeypatch.setattr("federation.superlink.flower_superlink", lambda: calls.append(sys.argv))
     assert main(["--insecure", "--port", "9093"]) == 0
     assert calls == ["install", ["flower-superlink", "--insecure", "--port", "9093"]]
+
+
+def test_a_signal_to_stop_ends_the_held_pulls_before_uvicorn_stops(monkeypatch):
+    arrivals = Arrivals()
+    monkeypatch.setattr(superlink, "MESSAGE_ARRIVALS", arrivals)
+    handled: list[tuple[int, bool]] = []
+    handle_exit = closing_held_pulls(
+        lambda server, sig, frame: handled.append((sig, arrivals.closed))
+    )
+
+    handle_exit(None, signal.SIGTERM, None)
+
+    assert handled == [(signal.SIGTERM, True)]

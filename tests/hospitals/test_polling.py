@@ -161,6 +161,17 @@ def test_a_held_request_answers_nothing_after_its_wait():
     assert inbox.calls == 2  # once at first, once when the wait ran out
 
 
+def test_closing_ends_held_requests_at_once_and_later_ones_wait_no_more():
+    inbox = Inbox(Arrivals(), needed=1)
+    closer = threading.Timer(0.05, inbox.arrivals.close)
+    closer.start()
+    began = time.monotonic()
+    assert inbox.held(wait_s=30)("a") == 0
+    assert inbox.held(wait_s=30)("a") == 0
+    assert time.monotonic() - began < 5
+    assert inbox.arrivals.closed
+
+
 def test_a_store_announces_what_it_stored():
     arrivals = Arrivals()
     store = announcing(lambda key: key if key.startswith("task") else None, arrivals)

@@ -10,6 +10,7 @@ from functools import partial
 import flwr.supernode.start_client_internal as supernode_loop
 import pytest
 from flwr.supercore.constant import TaskType
+from flwr.supercore.exit import exit_handler
 from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 from flwr.supernode.servicer.runtime import runtime_handlers
@@ -97,6 +98,7 @@ def test_install_changes_only_flowers_supernode_loop_task_handler_and_state(monk
     monkeypatch.setitem(vars(supernode_loop), "pull_objects", supernode_loop.pull_objects)
     monkeypatch.setitem(vars(runtime_handlers), "acquire_task", flowers_acquire)
     monkeypatch.setattr(InMemoryNodeState, "create_task", FLOWER_CREATE_TASK)
+    monkeypatch.setattr(exit_handler, "registered_exit_handlers", [])
     install(IdleBackoff())
     install(IdleBackoff())  # a second install changes nothing more
     assert isinstance(supernode_loop.time, SuperNodeClock)
@@ -107,6 +109,10 @@ def test_install_changes_only_flowers_supernode_loop_task_handler_and_state(monk
     assert runtime_handlers.acquire_task.handler is flowers_acquire
     assert runtime_handlers.acquire_task.wait_s == TASK_WAIT_S
     assert InMemoryNodeState.create_task.__wrapped__ is FLOWER_CREATE_TASK
+    # On SIGTERM the held requests end first, before Flower's handler that stops the Runtime API.
+    assert exit_handler.registered_exit_handlers == [
+        exit_handler._RegisteredExitHandler(TASK_ARRIVALS.close, run_before_force_exit=True)
+    ]
 
     state = InMemoryNodeState(InMemoryObjectStore())
     before = TASK_ARRIVALS.count()
