@@ -19,7 +19,13 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 from rich.console import Console  # noqa: E402 - after choosing the backend
 from rich.table import Table as RichTable  # noqa: E402
 
-from bench.core import Cell, SuiteResult, Table, machine_facts  # noqa: E402
+from bench.core import (  # noqa: E402
+    Cell,
+    SuiteResult,
+    Table,
+    machine_facts,
+    release_freed_memory,
+)
 
 # Module per suite, each with `run(*, quick: bool) -> SuiteResult`.
 SUITES = ("he", "dp", "accounting", "utility", "federation")
@@ -106,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for name in names:
         console.rule(f"[bold]{name}")
+        release_freed_memory()  # each suite finds the memory earlier ones freed
         result = suite_runner(name)(quick=args.quick)
         for table in result.tables:
             print_table(console, table)
