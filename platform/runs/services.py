@@ -57,6 +57,9 @@ logger = logging.getLogger(__name__)
 # The flwr CLI connection the portal writes into $COHORT_FLWR_HOME/config.toml.
 FLWR_CONNECTION = "cohort-portal"
 STATUS_POLL_S = 3.0
+# A run whose aggregator reported within this long is alive: Flower's status, a `flwr ls` costing
+# about a second of CPU on the coordinator, is read only once the reports pause or say it ended.
+REPORT_QUIET_S = 10.0
 # A run that outlives rounds × (train + evaluate timeouts) plus this slack is stopped and failed.
 RUN_SLACK_S = 900
 JOIN_TIMEOUT_S = 120
@@ -408,10 +411,12 @@ def _follow(
         run = Run.objects.get(pk=run_id)
         if run.state == Run.State.CANCELLED:
             return
-        status = control.status(flower_run_id)
-        if status.finished:
-            run_conclude(run_id=run_id, status=status)
-            return
+        reported_lately = timezone.now() - run.updated_at < timedelta(seconds=REPORT_QUIET_S)
+        if run.finished or not reported_lately:
+            status = control.status(flower_run_id)
+            if status.finished:
+                run_conclude(run_id=run_id, status=status)
+                return
         if timezone.now() > run.created_at + timedelta(seconds=_run_budget_s(run)):
             control.stop(flower_run_id)
             run_fail(

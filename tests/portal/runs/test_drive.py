@@ -6,11 +6,12 @@ import pytest
 
 from core.tokens import digest_matches
 from federation.control import ControlError, RunStatus
+from runs import services
 from runs.models import Run
 from runs.services import run_drive, run_record_event
 from runs.tasks import RETRYABLE_ERRORS, run_study_task
 from studies.models import Study
-from tests.portal.runs.conftest import make_run, round_event
+from tests.portal.runs.conftest import finished_event, make_run, round_event
 
 pytestmark = pytest.mark.django_db
 # Flower run ids are unsigned 64-bit: this one does not fit a signed bigint.
@@ -43,6 +44,12 @@ class FakeControl:
 
 
 @pytest.fixture(autouse=True)
+def no_quiet_wait(monkeypatch):
+    """Flower's status is read on every poll, as for a run that stopped reporting."""
+    monkeypatch.setattr(services, "REPORT_QUIET_S", 0)
+
+
+@pytest.fixture(autouse=True)
 def flwr_home(settings, tmp_path):
     settings.COHORT_FLWR_HOME = tmp_path / "flwr-home"
     settings.COHORT_PORTAL_URL = "http://portal.test:8000/"
@@ -69,6 +76,26 @@ def test_a_queued_run_is_submitted_once_with_its_config(study, flwr_home):
     assert run.state == Run.State.COMPLETED
     study.refresh_from_db()
     assert study.state == Study.State.COMPLETED
+
+
+def test_flowers_status_waits_while_the_aggregator_reports(study, monkeypatch):
+    monkeypatch.setattr(services, "REPORT_QUIET_S", 3600)
+    run, _ = make_run(study, flower_run_id=BIG, state=Run.State.RUNNING)
+    control = FakeControl("finished:completed")
+    polled_before_each_sleep: list[int] = []
+
+    events = [round_event(number) for number in range(1, run.rounds_planned + 1)]
+    events.append(finished_event())
+
+    def report_meanwhile(seconds: float) -> None:
+        polled_before_each_sleep.append(control.polled)
+        run_record_event(run=run, event=events.pop(0))
+
+    run = run_drive(run_id=run.pk, control=control, sleep=report_meanwhile)
+
+    # While rounds come in, Flower is not asked; once the aggregator reports the end, it is.
+    assert polled_before_each_sleep == [0] * (run.rounds_planned + 1)
+    assert control.polled == 1 and run.state == Run.State.COMPLETED
 
 
 def test_a_redelivered_task_follows_without_resubmitting(study):
