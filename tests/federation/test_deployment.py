@@ -118,3 +118,32 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_pat
     stubborn.stop()
 
     assert stubborn.popen.returncode == -signal.SIGKILL
+
+
+class CountingControl:
+    def __init__(self, online: int) -> None:
+        self.online = online
+        self.asked = 0
+
+    def online_nodes(self) -> int:
+        self.asked += 1
+        return self.online
+
+
+def test_the_superlink_is_asked_for_its_nodes_only_once_every_launcher_is_ready(
+    tmp_path, monkeypatch
+):
+    # Each question runs the flwr CLI, about a second of CPU, while the launchers still import.
+    hospitals = [node(tmp_path, "a"), node(tmp_path, "b")]
+    federation = LocalFederation(workdir=tmp_path / "federation", hospitals=hospitals)
+    federation.control = CountingControl(online=2)  # type: ignore[assignment]
+    still_loading = [["a", "b"], ["b"], ["b"], []]
+    monkeypatch.setattr(federation, "_raise_if_exited", lambda: None)
+    monkeypatch.setattr(
+        federation, "_unready_launchers", lambda: still_loading.pop(0) if still_loading else []
+    )
+    monkeypatch.setattr(deployment.time, "sleep", lambda seconds: None)
+
+    federation.wait_until_ready(timeout_s=60)
+
+    assert still_loading == [] and federation.control.asked == 1
