@@ -23,7 +23,8 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,25 +104,35 @@ class RssSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            for hospital, roots in self.pids.items():
-                rss = sum(tree_rss(pid) for pid in roots)
+            for hospital, rss in rss_by_tree(self.pids).items():
                 self.peaks[hospital] = max(self.peaks.get(hospital, 0), rss)
             self._stop.wait(RSS_SAMPLE_S)
 
 
-def tree_rss(pid: int) -> int:
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for process in processes:
-        try:
-            total += process.memory_info().rss
-        except psutil.Error:
-            continue  # a ClientApp that exited between listing and reading
-    return total
+def rss_by_tree(roots: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """For each name, the RSS of its root processes and all their descendants.
+
+    One pass over the system's processes: asking psutil for each root's children reads every
+    process's /proc entry per root, which with 50 hospitals (100 roots, ~150 processes) took a
+    good part of a core every sample, beside the federation it measures.
+    """
+    children: dict[int, list[int]] = defaultdict(list)
+    rss: dict[int, int] = {}
+    for process in psutil.process_iter(["ppid", "memory_info"]):
+        children[process.info["ppid"]].append(process.pid)
+        memory = process.info["memory_info"]  # None for a process that exited meanwhile
+        rss[process.pid] = memory.rss if memory else 0
+    totals: dict[str, int] = {}
+    for name, pids in roots.items():
+        tree: set[int] = set()
+        pending = list(pids)
+        while pending:
+            pid = pending.pop()
+            if pid not in tree:
+                tree.add(pid)
+                pending.extend(children.get(pid, ()))
+        totals[name] = sum(rss.get(pid, 0) for pid in tree)
+    return totals
 
 
 def own_and_reaped_cpu_s(pid: int) -> tuple[float, float]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
+
+import psutil
 
 from bench import federation
 
@@ -75,3 +80,33 @@ def test_cpu_per_round_is_the_rate_between_round_1_and_the_final_evaluation(monk
     # Reports seen together (a window under half a round), or too few rounds: the whole run.
     assert cpu.steady(4, round_s=10.0).per_round == {"SuperLink": 10.0}
     assert cpu.steady(2, round_s=2.0).per_round == {"SuperLink": 20.0}
+
+
+def test_each_hospitals_rss_holds_its_processes_and_their_descendants(tmp_path):
+    # A process that starts a child, each holding 50 MiB, as a launcher and its forked task do.
+    script = (
+        "import subprocess, sys, time\n"
+        "block = bytearray(50 * 2**20)\n"
+        "if sys.argv[1] == 'parent':\n"
+        "    subprocess.Popen([sys.executable, '-c', *sys.argv[2:3], 'child', *sys.argv[2:]])\n"
+        "    time.sleep(60)\n"
+        "else:\n"
+        "    open(sys.argv[3], 'w').close()\n"
+        "    time.sleep(60)\n"
+    )
+    ready = tmp_path / "ready"
+    parent = subprocess.Popen([sys.executable, "-c", script, "parent", script, str(ready)])
+    try:
+        while not ready.exists():
+            assert parent.poll() is None
+            time.sleep(0.01)
+        totals = federation.rss_by_tree({"tree": (parent.pid,), "no process": ()})
+        own = psutil.Process(parent.pid).memory_info().rss
+    finally:
+        for process in psutil.Process(parent.pid).children(recursive=True):
+            process.kill()
+        parent.kill()
+        parent.wait()
+
+    assert totals["no process"] == 0
+    assert totals["tree"] >= own + 50 * 2**20
