@@ -35,7 +35,7 @@ from aggregator.config import AggregatorConfig, weight_unit_for
 from aggregator.results import HospitalRound, ResultsSink, RoundResult
 from crypto import AggregatorContext, CryptoError
 from crypto.codec import Update, UpdateSum, read_update, summing_shape
-from hospitals.polling import retry_object_pulls_sooner
+from hospitals.polling import replace_in_flower, retry_object_pulls_sooner
 
 NODE_POLL_INTERVAL_S = 0.5
 REPLY_POLL_INTERVAL_S = 0.1
@@ -43,6 +43,28 @@ REPLY_POLL_INTERVAL_S = 0.1
 # 1 s before asking for them again. (hospitals.polling holds every Flower timing change Cohort
 # makes, and nothing of a hospital's.)
 retry_object_pulls_sooner(http_grid, "pull_objects")
+
+
+class ObjectPullDeadline:
+    """Flower's `pull_objects` for the ServerApp's grid, giving up on missing objects at
+    `deadline` (time.monotonic()).
+
+    When a hospital dies while uploading its reply, the reply stays listed with objects that
+    never come, and Flower's pull retries them until the SuperLink expires them, minutes later:
+    the other hospitals' replies, pulled after it, would miss their round. An object that is there
+    is still pulled after the deadline.
+    """
+
+    def __init__(self, pull: Callable[..., dict[str, bytes]]) -> None:
+        self._pull = pull
+        self.deadline = math.inf
+
+    def __call__(self, *args: object, **kwargs: object) -> dict[str, bytes]:
+        return self._pull(*args, max_time=max(0.0, self.deadline - time.monotonic()), **kwargs)
+
+
+OBJECT_PULLS = ObjectPullDeadline(vars(http_grid)["pull_objects"])
+replace_in_flower(http_grid, "pull_objects", OBJECT_PULLS)
 
 
 class RunFailedError(Exception):
@@ -297,16 +319,23 @@ def exchange(
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout_s
     replies: list[Message] = []
-    while pending:
-        pulled = list(grid.pull_messages(pending))
-        replies.extend(pulled)
-        if on_reply is not None:
-            for reply in pulled:
-                on_reply(reply)
-        pending.difference_update(reply.metadata.reply_to_message_id for reply in pulled)
-        if not pending or time.monotonic() >= deadline:
-            break
-        time.sleep(REPLY_POLL_INTERVAL_S)
+    OBJECT_PULLS.deadline = deadline
+    try:
+        while pending:
+            began = time.monotonic()
+            pulled = list(grid.pull_messages(pending))
+            replies.extend(pulled)
+            if on_reply is not None:
+                for reply in pulled:
+                    on_reply(reply)
+            pending.difference_update(reply.metadata.reply_to_message_id for reply in pulled)
+            # A pull that began in time may end past the deadline, held up by a reply whose
+            # objects never came: the replies that arrived meanwhile are pulled once more.
+            if not pending or began >= deadline:
+                break
+            time.sleep(REPLY_POLL_INTERVAL_S)
+    finally:
+        OBJECT_PULLS.deadline = math.inf
     return replies
 
 

@@ -1,0 +1,77 @@
+"""exchange and the object pulls under it, against a fake grid and clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+from flwr.app import RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from aggregator import rounds
+
+
+@dataclass
+class Clock:
+    now: float = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def reply_to(message_id: str) -> SimpleNamespace:
+    return SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=message_id))
+
+
+@dataclass
+class StalledGrid:
+    """Hospital c died while uploading: pulling its reply's objects held the first pull past the
+    round's deadline, while the replies of a and b arrived."""
+
+    clock: Clock
+    pulls: list[set[str]] = field(default_factory=list)
+
+    def push_messages(self, messages: list[object]) -> list[str]:
+        return ["a", "b", "c"]
+
+    def pull_messages(self, pending: set[str]) -> list[SimpleNamespace]:
+        self.pulls.append(set(pending))
+        if len(self.pulls) == 1:
+            self.clock.now += 120.0
+            return [reply_to("c")]  # Flower's error reply for c
+        return [reply_to(message_id) for message_id in sorted(pending)]
+
+
+def test_replies_that_arrived_while_a_pull_was_held_up_are_still_pulled(monkeypatch):
+    # As in a ServerApp: a message is created for a run, from a node.
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    clock = Clock()
+    monkeypatch.setattr(rounds, "time", clock)
+    grid = StalledGrid(clock)
+
+    replies = rounds.exchange(grid, [1, 2, 3], "train", RecordDict(), 3, timeout_s=45.0)  # type: ignore[arg-type]
+
+    assert [r.metadata.reply_to_message_id for r in replies] == ["c", "a", "b"]
+    assert grid.pulls == [{"a", "b", "c"}, {"a", "b"}]  # one more pull, then no waiting
+    assert rounds.OBJECT_PULLS.deadline == float("inf")  # only while a round waits
+
+
+def test_object_pulls_give_up_at_the_rounds_deadline(monkeypatch):
+    clock = Clock(now=100.0)
+    monkeypatch.setattr(rounds, "time", clock)
+    asked: list[float] = []
+    pulls = rounds.ObjectPullDeadline(lambda **kwargs: asked.append(kwargs["max_time"]) or {})
+
+    pulls(object_ids=["x"])
+    pulls.deadline = 130.0
+    pulls(object_ids=["x"])
+    clock.now = 140.0
+    pulls(object_ids=["x"])
+
+    assert asked == [float("inf"), pytest.approx(30.0), 0.0]
