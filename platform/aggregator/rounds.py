@@ -52,7 +52,7 @@ class ObjectPullDeadline:
     When a hospital dies while uploading its reply, the reply stays listed with objects that
     never come, and Flower's pull retries them until the SuperLink expires them, minutes later:
     the other hospitals' replies, pulled after it, would miss their round. An object that is there
-    is still pulled after the deadline.
+    is still pulled after the deadline. Without a deadline, Flower's own limits apply.
     """
 
     def __init__(self, pull: Callable[..., dict[str, bytes]]) -> None:
@@ -60,7 +60,9 @@ class ObjectPullDeadline:
         self.deadline = math.inf
 
     def __call__(self, *args: object, **kwargs: object) -> dict[str, bytes]:
-        return self._pull(*args, max_time=max(0.0, self.deadline - time.monotonic()), **kwargs)
+        if self.deadline != math.inf:
+            kwargs["max_time"] = max(0.0, self.deadline - time.monotonic())
+        return self._pull(*args, **kwargs)
 
 
 OBJECT_PULLS = ObjectPullDeadline(vars(http_grid)["pull_objects"])
