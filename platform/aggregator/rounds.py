@@ -39,10 +39,6 @@ from hospitals.polling import replace_in_flower, retry_object_pulls_sooner
 
 NODE_POLL_INTERVAL_S = 0.5
 REPLY_POLL_INTERVAL_S = 0.1
-# A reply is listed before its SuperNode has pushed all its objects; Flower's grid would then wait
-# 1 s before asking for them again. (hospitals.polling holds every Flower timing change Cohort
-# makes, and nothing of a hospital's.)
-retry_object_pulls_sooner(http_grid, "pull_objects")
 
 
 class ObjectPullDeadline:
@@ -57,6 +53,7 @@ class ObjectPullDeadline:
 
     def __init__(self, pull: Callable[..., dict[str, bytes]]) -> None:
         self._pull = pull
+        self.__wrapped__ = pull  # for inspect.signature: Flower's parameters
         self.deadline = math.inf
 
     def __call__(self, *args: object, **kwargs: object) -> dict[str, bytes]:
@@ -67,6 +64,10 @@ class ObjectPullDeadline:
 
 OBJECT_PULLS = ObjectPullDeadline(vars(http_grid)["pull_objects"])
 replace_in_flower(http_grid, "pull_objects", OBJECT_PULLS)
+# A reply is listed before its SuperNode has pushed all its objects; Flower's grid would then wait
+# 1 s before asking for them again. (hospitals.polling holds every Flower timing change Cohort
+# makes, and nothing of a hospital's.)
+retry_object_pulls_sooner(http_grid, "pull_objects")
 
 
 class RunFailedError(Exception):
