@@ -93,12 +93,7 @@ class ManagedProcess:
     """A child process in its own process group, logging to a file, stopped by PID."""
 
     def __init__(
-        self,
-        name: str,
-        command: Sequence[str],
-        *,
-        log_path: Path,
-        env: Mapping[str, str],
+        self, name: str, command: Sequence[str], *, log_path: Path, env: Mapping[str, str]
     ):
         self.name = name
         self.log_path = log_path
