@@ -39,6 +39,10 @@ from hospitals.polling import replace_in_flower, retry_object_pulls_sooner
 
 NODE_POLL_INTERVAL_S = 0.5
 REPLY_POLL_INTERVAL_S = 0.1
+# How long a round's messages outlive its deadline. The SuperLink deletes an expired instruction
+# with its reply, unpulled: the pull that follows a held-up one, just past the deadline, would
+# lose replies that arrived in time.
+MESSAGE_TTL_MARGIN_S = 10.0
 
 
 class ObjectPullDeadline:
@@ -312,7 +316,7 @@ def exchange(
             dst_node_id=node,
             message_type=message_type,
             group_id=str(round_number),
-            ttl=timeout_s,
+            ttl=timeout_s + MESSAGE_TTL_MARGIN_S,
         )
         for node in nodes
     ]

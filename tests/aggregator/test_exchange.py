@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
-from flwr.app import RecordDict
+from flwr.app import Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from aggregator import rounds
@@ -23,27 +23,40 @@ class Clock:
         self.now += seconds
 
 
-def reply_to(message_id: str) -> SimpleNamespace:
-    return SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=message_id))
+def reply_to(message_id: str, *, expired: bool = False) -> SimpleNamespace:
+    # expired: the SuperLink's "Message Unavailable" error in place of the reply.
+    return SimpleNamespace(
+        metadata=SimpleNamespace(reply_to_message_id=message_id), expired=expired
+    )
 
 
 @dataclass
 class StalledGrid:
-    """Hospital c died while uploading: pulling its reply's objects held the first pull past the
-    round's deadline, while the replies of a and b arrived."""
+    """Hospital c died while uploading: pulling its reply's objects held the first pull until the
+    round's deadline, while the replies of a and b arrived. As the SuperLink does, the grid
+    deletes an instruction and its reply once the instruction's TTL has passed."""
 
     clock: Clock
     pulls: list[set[str]] = field(default_factory=list)
+    expiry: dict[str, float] = field(default_factory=dict)
 
-    def push_messages(self, messages: list[object]) -> list[str]:
-        return ["a", "b", "c"]
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        ids = ["a", "b", "c"]
+        self.expiry = {
+            message_id: self.clock.now + message.metadata.ttl
+            for message_id, message in zip(ids, messages, strict=True)
+        }
+        return ids
 
     def pull_messages(self, pending: set[str]) -> list[SimpleNamespace]:
         self.pulls.append(set(pending))
         if len(self.pulls) == 1:
-            self.clock.now += 120.0
-            return [reply_to("c")]  # Flower's error reply for c
-        return [reply_to(message_id) for message_id in sorted(pending)]
+            self.clock.now += 46.0  # the round's 45 s, then Flower's error reply for c
+            return [reply_to("c")]
+        return [
+            reply_to(message_id, expired=self.expiry[message_id] <= self.clock.now)
+            for message_id in sorted(pending)
+        ]
 
 
 def test_replies_that_arrived_while_a_pull_was_held_up_are_still_pulled(monkeypatch):
@@ -57,7 +70,11 @@ def test_replies_that_arrived_while_a_pull_was_held_up_are_still_pulled(monkeypa
 
     replies = rounds.exchange(grid, [1, 2, 3], "train", RecordDict(), 3, timeout_s=45.0)  # type: ignore[arg-type]
 
-    assert [r.metadata.reply_to_message_id for r in replies] == ["c", "a", "b"]
+    assert [(r.metadata.reply_to_message_id, r.expired) for r in replies] == [
+        ("c", False),
+        ("a", False),
+        ("b", False),
+    ]
     assert grid.pulls == [{"a", "b", "c"}, {"a", "b"}]  # one more pull, then no waiting
     assert rounds.OBJECT_PULLS.deadline == float("inf")  # only while a round waits
 
