@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import Context, Message
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from aggregator import wire
@@ -23,12 +23,14 @@ from aggregator.config import AggregatorConfig
 from aggregator.results import HospitalRound, ResultsSink
 from aggregator.rounds import (
     HospitalNames,
+    Reply,
     RoundReports,
     RunFailedError,
     SummedRound,
     await_hospitals,
     blob_of,
     exchange,
+    hospital_round,
     no_reply_reasons,
     number,
     refusal_reason,
@@ -87,7 +89,7 @@ def train(
     names: HospitalNames,
     round_number: int,
     global_model: bytes | None,
-) -> list[Message]:
+) -> list[Reply]:
     """Every connected hospital's reply: its model trained from `global_model`, with its weight,
     and its evaluation of `global_model`."""
     wait_timeout = config.join_timeout_s if round_number == 1 else 0.0
@@ -109,31 +111,16 @@ def weighted_mean(updates: Sequence[PlaintextUpdate]) -> npt.NDArray[np.float64]
     )
 
 
-def plaintext_update(reply: Message, names: HospitalNames, round_number: int) -> PlaintextUpdate:
-    hospital = names[reply.metadata.src_node_id]
-    reason = refusal_reason(reply)
+def plaintext_update(reply: Reply, names: HospitalNames, round_number: int) -> PlaintextUpdate:
+    hospital = names[reply.node_id]
+    reason = refusal_reason(reply.message)
     if reason:
         raise RunFailedError(f"round {round_number}: {hospital} {reason}")
-    blob = blob_of(reply, wire.UPDATE)
-    report = reply.content.metric_records[wire.TRAIN_REPORT]
-    identity = reply.content.config_records[wire.IDENTITY]
+    blob = blob_of(reply.message, wire.UPDATE)
+    report = reply.message.content.metric_records[wire.TRAIN_REPORT]
     return PlaintextUpdate(
-        node_id=reply.metadata.src_node_id,
+        node_id=reply.node_id,
         parameters=plain.from_bytes(blob),
         rows=int(number(report, plain.ROWS)),
-        # As the HE aggregator publishes it (aggregator.rounds.parse_contribution).
-        report=HospitalRound(
-            hospital=hospital,
-            epsilon=number(report, "epsilon"),
-            noise_multiplier=number(report, "noise_multiplier"),
-            sample_rate=number(report, "sample_rate"),
-            steps=int(number(report, "steps")),
-            delta=number(report, "delta"),
-            accountant=str(identity.get("accountant", "")),
-            epsilon_conversion=str(identity.get("epsilon_conversion", "")),
-            consent=str(identity.get("consent", "")),
-            rows_rounded=int(number(report, "rows_rounded")),
-            bytes_up=len(blob),
-            train_seconds=number(report, "train_seconds"),
-        ),
+        report=hospital_round(reply.message, hospital, bytes_up=len(blob)),
     )

@@ -92,18 +92,30 @@ class Evaluation:
     metrics: dict[str, float | None]
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What came back for the message sent to a hospital's node: the hospital's reply, or the
+    error Flower made in its place. Flower sends its own errors (a hospital that died mid-upload,
+    an expired message) from the aggregator's node or the SuperLink's, so a reply is known by the
+    node its message went to, never by its sender."""
+
+    node_id: int
+    message: Message
+
+
 class HospitalNames:
     """Hospitals name themselves in their replies; until one has, it is known by its node id."""
 
     def __init__(self) -> None:
         self._names: dict[int, str] = {}
 
-    def learn(self, reply: Message) -> None:
+    def learn(self, reply: Reply) -> None:
         # An error reply (a node killed mid-round) has no content to read a name from.
-        if not reply.has_error() and wire.IDENTITY in reply.content.config_records:
-            name = reply.content.config_records[wire.IDENTITY].get("hospital")
+        message = reply.message
+        if not message.has_error() and wire.IDENTITY in message.content.config_records:
+            name = message.content.config_records[wire.IDENTITY].get("hospital")
             if isinstance(name, str) and name:
-                self._names[reply.metadata.src_node_id] = name
+                self._names[reply.node_id] = name
 
     def __getitem__(self, node_id: int) -> str:
         return self._names.get(node_id, f"node {node_id}")
@@ -204,7 +216,7 @@ class RoundReports:
         self._waiting = summed
         self._global_state = summed.global_state
 
-    def evaluated_by(self, replies: Iterable[Message], *, ended: float) -> None:
+    def evaluated_by(self, replies: Iterable[Reply], *, ended: float) -> None:
         """Report the waiting round with the evaluations its contributors sent in `replies`."""
         waiting, self._waiting = self._waiting, None
         if waiting is None:
@@ -212,8 +224,8 @@ class RoundReports:
         evaluations = [
             evaluation
             for reply in replies
-            if reply.metadata.src_node_id in waiting.reports
-            and (evaluation := parse_evaluation(reply, self._names[reply.metadata.src_node_id]))
+            if reply.node_id in waiting.reports
+            and (evaluation := parse_evaluation(reply.message, self._names[reply.node_id]))
         ]
         self._sink.round_completed(waiting.result(evaluations, ended=ended))
 
@@ -306,8 +318,8 @@ def exchange(
     round_number: int,
     timeout_s: float,
     *,
-    on_reply: Callable[[Message], None] | None = None,
-) -> list[Message]:
+    on_reply: Callable[[Reply], None] | None = None,
+) -> list[Reply]:
     """Send `content` to every node and gather the replies until all came or `timeout_s`
     passed; `on_reply` sees each reply as soon as it is pulled."""
     messages = [
@@ -323,19 +335,24 @@ def exchange(
     # Grid.send_and_receive would do the same, but pulls every 3 s (flwr 1.41,
     # superlink/grid/http_grid.py): up to 3 s lost every round, for a pull that costs one
     # loopback request.
-    pending = set(grid.push_messages(messages))
+    pending = {  # message id: the node it went to
+        message_id: message.metadata.dst_node_id
+        for message_id, message in zip(grid.push_messages(messages), messages, strict=True)
+    }
     deadline = time.monotonic() + timeout_s
-    replies: list[Message] = []
+    replies: list[Reply] = []
     OBJECT_PULLS.deadline = deadline
     try:
         while pending:
             began = time.monotonic()
-            pulled = list(grid.pull_messages(pending))
-            replies.extend(pulled)
-            if on_reply is not None:
-                for reply in pulled:
+            for message in grid.pull_messages(list(pending)):
+                node = pending.pop(message.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue  # not an answer to a message still awaited here
+                reply = Reply(node, message)
+                replies.append(reply)
+                if on_reply is not None:
                     on_reply(reply)
-            pending.difference_update(reply.metadata.reply_to_message_id for reply in pulled)
             # A pull that began in time may end past the deadline, held up by a reply whose
             # objects never came: the replies that arrived meanwhile are pulled once more.
             if not pending or began >= deadline:
@@ -357,10 +374,10 @@ class ReceivedUpdates:
         self._groups: dict[str, _ShapeGroup] = {}  # by summing shape, in order of arrival
         self._refused: dict[str, str] = {}
 
-    def receive(self, reply: Message) -> None:
+    def receive(self, reply: Reply) -> None:
         self._names.learn(reply)
-        hospital = self._names[reply.metadata.src_node_id]
-        reason = refusal_reason(reply)
+        hospital = self._names[reply.node_id]
+        reason = refusal_reason(reply.message)
         if reason:
             self._refused[hospital] = reason
             return
@@ -415,51 +432,56 @@ class _ShapeGroup:
 
 
 def no_reply_reasons(
-    nodes: Sequence[int], replies: Sequence[Message], names: HospitalNames, timeout_s: float
+    nodes: Sequence[int], replies: Sequence[Reply], names: HospitalNames, timeout_s: float
 ) -> dict[str, str]:
-    replied = {reply.metadata.src_node_id for reply in replies}
+    replied = {reply.node_id for reply in replies}
     return {
         names[node]: f"no reply within {timeout_s:g} s" for node in nodes if node not in replied
     }
 
 
-def refusal_reason(reply: Message) -> str:
-    if reply.has_error():
-        return f"failed: {reply.error.reason}"
-    if wire.REFUSAL in reply.content.config_records:
-        refusal = reply.content.config_records[wire.REFUSAL]
+def refusal_reason(message: Message) -> str:
+    if message.has_error():
+        return f"failed: {message.error.reason}"
+    if wire.REFUSAL in message.content.config_records:
+        refusal = message.content.config_records[wire.REFUSAL]
         return f"refused: {refusal.get('reason') or 'no reason given'!s}"
     return ""
 
 
-def parse_contribution(reply: Message, hospital: str, config: AggregatorConfig) -> Contribution:
+def parse_contribution(reply: Reply, hospital: str, config: AggregatorConfig) -> Contribution:
     # ReceivedUpdates adds the update to its sum at once, and that loads and checks each
     # ciphertext: loading them here too would double the aggregator's work.
     update = read_update(
-        blob_of(reply, wire.UPDATE),
+        blob_of(reply.message, wire.UPDATE),
         context=config.he_context,
         max_bytes=config.max_update_bytes,
         check_ciphertexts=False,
     )
-    report = reply.content.metric_records[wire.TRAIN_REPORT]
-    identity = reply.content.config_records[wire.IDENTITY]
     return Contribution(
-        node_id=reply.metadata.src_node_id,
+        node_id=reply.node_id,
         update=update,
-        report=HospitalRound(
-            hospital=hospital,
-            epsilon=number(report, "epsilon"),
-            noise_multiplier=number(report, "noise_multiplier"),
-            sample_rate=number(report, "sample_rate"),
-            steps=int(number(report, "steps")),
-            delta=number(report, "delta"),
-            accountant=str(identity.get("accountant", "")),
-            epsilon_conversion=str(identity.get("epsilon_conversion", "")),
-            consent=str(identity.get("consent", "")),
-            rows_rounded=int(number(report, "rows_rounded")),
-            bytes_up=update.nbytes,
-            train_seconds=number(report, "train_seconds"),
-        ),
+        report=hospital_round(reply.message, hospital, bytes_up=update.nbytes),
+    )
+
+
+def hospital_round(message: Message, hospital: str, *, bytes_up: int) -> HospitalRound:
+    """What a hospital's train reply reports of its round, as published."""
+    report = message.content.metric_records[wire.TRAIN_REPORT]
+    identity = message.content.config_records[wire.IDENTITY]
+    return HospitalRound(
+        hospital=hospital,
+        epsilon=number(report, "epsilon"),
+        noise_multiplier=number(report, "noise_multiplier"),
+        sample_rate=number(report, "sample_rate"),
+        steps=int(number(report, "steps")),
+        delta=number(report, "delta"),
+        accountant=str(identity.get("accountant", "")),
+        epsilon_conversion=str(identity.get("epsilon_conversion", "")),
+        consent=str(identity.get("consent", "")),
+        rows_rounded=int(number(report, "rows_rounded")),
+        bytes_up=bytes_up,
+        train_seconds=number(report, "train_seconds"),
     )
 
 

@@ -70,10 +70,12 @@ def test_replies_that_arrived_while_a_pull_was_held_up_are_still_pulled(monkeypa
 
     replies = rounds.exchange(grid, [1, 2, 3], "train", RecordDict(), 3, timeout_s=45.0)  # type: ignore[arg-type]
 
-    assert [(r.metadata.reply_to_message_id, r.expired) for r in replies] == [
-        ("c", False),
-        ("a", False),
-        ("b", False),
+    assert [
+        (r.node_id, r.message.metadata.reply_to_message_id, r.message.expired) for r in replies
+    ] == [
+        (3, "c", False),
+        (1, "a", False),
+        (2, "b", False),
     ]
     assert grid.pulls == [{"a", "b", "c"}, {"a", "b"}]  # one more pull, then no waiting
     assert rounds.OBJECT_PULLS.deadline == float("inf")  # only while a round waits

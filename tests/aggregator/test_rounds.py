@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Message
+from flwr.app import Error, Message, Metadata
+from flwr.app.message import make_message
+from flwr.common.constant import ErrorCode
+from flwr.supercore.constant import SYSTEM_MESSAGE_TYPE
 
 from aggregator import wire
 from aggregator.config import AggregatorConfig, ConfigError
@@ -161,6 +164,38 @@ def test_a_silent_hospital_is_dropped_and_the_round_completes(make_consortium, t
 
     assert sorted(result["participants"]) == ["hospital-a", "hospital-b"]
     assert result["dropped"] == {f"node {grid.node_id('hospital-c')}": "no reply within 2 s"}
+
+
+def lost_in_upload(reply: Message) -> Message:
+    """What Flower's grid hands the round loop in place of a reply whose sender died while
+    uploading it: an error from the aggregator's own node (flwr 1.41, http_grid.pull_messages)."""
+    return make_message(
+        metadata=Metadata(
+            run_id=RUN_ID,
+            message_id="",
+            src_node_id=0,
+            dst_node_id=0,
+            reply_to_message_id=reply.metadata.reply_to_message_id,
+            group_id="",
+            created_at=0.0,
+            ttl=0,
+            message_type=SYSTEM_MESSAGE_TYPE,
+        ),
+        error=Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason="Reply objects are unavailable."),
+    )
+
+
+def test_an_error_flower_sent_in_place_of_a_reply_names_the_hospital(make_consortium, tmp_path):
+    consortium = make_consortium(rounds=1)
+    grid = InProcessGrid(consortium.hospitals, hooks={"hospital-c": lost_in_upload})
+
+    (result,) = run(consortium, tmp_path, grid)
+
+    assert sorted(result["participants"]) == ["hospital-a", "hospital-b"]
+    # Not "node 0: failed: ..." beside "node 3: no reply".
+    assert result["dropped"] == {
+        f"node {grid.node_id('hospital-c')}": "failed: Reply objects are unavailable."
+    }
 
 
 def junk_update(update: Update) -> bytes:

@@ -50,10 +50,13 @@ def test_four_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_conso
     # in it. It is gone by round 4.
     assert sorted(first["participants"]) == ["hospital-a", "hospital-b", "hospital-c"]
     assert sorted(last["participants"]) == ["hospital-a", "hospital-b"]
-    assert last["dropped"]["hospital-c"] in {
-        "no reply within 45 s",
-        "disconnected from the SuperLink",
-    }
+    assert last["dropped"]["hospital-c"].startswith(
+        (
+            "no reply within 45 s",
+            "disconnected from the SuperLink",
+            "failed: Error: Node Unavailable",  # the SuperLink's, once c missed its heartbeats
+        )
+    )
     assert last["metrics"]["roc_auc"] > 0.8
     assert all(
         h["bytes_up"] > 0 and 0 < h["epsilon"] <= 3.003
