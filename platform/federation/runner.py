@@ -103,6 +103,10 @@ def follow(
         for event in fresh:
             on_event(event)
         outcome.events.extend(fresh)
+        if fresh:
+            # A run that reports is alive: Flower's status, a `flwr ls` costing about a second
+            # of CPU beside the run, is asked only once the reports stop for STATUS_POLL_S.
+            next_status_check = time.monotonic() + STATUS_POLL_S
         # Once the sink says the run ended, Flower's status follows within moments: ask at once.
         sink_finished = any(event["event"] == "run-finished" for event in outcome.events)
         if sink_finished or time.monotonic() >= next_status_check:
