@@ -57,15 +57,17 @@ OVERHEAD_GOAL_HOSPITALS = 10
 ROUND_TIMEOUT_S = 900
 CONNECT_TIMEOUT_S = 300.0
 RUN_TIMEOUT_S = 1800.0
-RSS_SAMPLE_S = 0.5
+MEMORY_SAMPLE_S = 0.5
 # cpu_by_part's parts that run at a hospital.
 HOSPITAL_PARTS = ("SuperNodes", "launchers", "ClientApp tasks")
 MIB = 2**20
 GIB = 2**30
-# What one hospital's processes take from this machine's memory: a launcher holds ~345 MiB of its
-# own (torch, Opacus, TenSEAL, Flower, imported once), a SuperNode ~90 MiB. Measured as the growth
-# of used memory with 50 hospitals: ~22 GiB. A case that would not fit is skipped, not swapped.
+# What one hospital's processes take from this machine's memory, until a case of this run has
+# measured it: a launcher holds ~335 MiB of its own (torch, Opacus, TenSEAL, Flower, imported
+# once), a SuperNode ~90 MiB. A case that would not fit is skipped, not swapped.
 MEMORY_PER_HOSPITAL_MIB = 450
+# A larger case needs a little more per hospital than a smaller one measured: more tasks at once.
+MEASURED_MEMORY_MARGIN = 1.2
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,13 @@ QUICK_COMPARISON = ComparisonCase(hospitals=3, rounds=2, hidden=(64,))
 
 
 @dataclass
-class RssSampler:
-    """Samples each hospital's processes in the background: its SuperNode, its launcher and the
-    ClientApp tasks the launcher forked."""
+class MemorySampler:
+    """Samples in the background each hospital's processes (its SuperNode, its launcher and the
+    ClientApp tasks the launcher forked) and the machine's available memory."""
 
     pids: dict[str, tuple[int, ...]]
-    peaks: dict[str, int] = field(default_factory=dict)
+    peaks: dict[str, int] = field(default_factory=dict)  # RSS of each hospital's processes
+    lowest_available: int = field(default_factory=lambda: psutil.virtual_memory().available)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -106,7 +109,8 @@ class RssSampler:
         while not self._stop.is_set():
             for hospital, rss in rss_by_tree(self.pids).items():
                 self.peaks[hospital] = max(self.peaks.get(hospital, 0), rss)
-            self._stop.wait(RSS_SAMPLE_S)
+            self.lowest_available = min(self.lowest_available, psutil.virtual_memory().available)
+            self._stop.wait(MEMORY_SAMPLE_S)
 
 
 def rss_by_tree(roots: Mapping[str, Sequence[int]]) -> dict[str, int]:
@@ -231,6 +235,9 @@ class ScaleResult:
     hospitals: int
     rounds: list[dict[str, Any]]  # per round: seconds, slowest train, overhead, train per hospital
     peak_rss_mib: dict[str, float]
+    # The machine's memory the federation took, per hospital: what its available memory lost
+    # from before start-up to its lowest. Unlike RSS, a page that processes share counts once.
+    memory_per_hospital_mib: float
     startup_s: float
     total_s: float
     cpu: CpuWindow  # CpuMarks.steady
@@ -373,25 +380,34 @@ def round_figures(outcome: RunOutcome) -> list[dict[str, Any]]:
     return per_round
 
 
-def memory_shortfall(hospitals: int) -> str | None:
-    """Why `hospitals` would not fit in this machine's available memory, or None if they do."""
-    needed = hospitals * MEMORY_PER_HOSPITAL_MIB * MIB
+def memory_shortfall(hospitals: int, measured: Sequence[ScaleResult] = ()) -> str | None:
+    """Why `hospitals` would not fit in this machine's available memory, or None if they do:
+    each takes what the largest `measured` case took per hospital (with a margin), or
+    MEMORY_PER_HOSPITAL_MIB before any was measured."""
+    largest = max(measured, key=lambda result: result.hospitals, default=None)
+    per_hospital_mib = (
+        MEMORY_PER_HOSPITAL_MIB
+        if largest is None
+        else largest.memory_per_hospital_mib * MEASURED_MEMORY_MARGIN
+    )
+    needed = hospitals * per_hospital_mib * MIB
     available = psutil.virtual_memory().available
     if available >= needed:
         return None
     return (
         f"{hospitals} hospitals skipped: they need about {needed / GIB:.0f} GiB "
-        f"({MEMORY_PER_HOSPITAL_MIB} MiB each) and {available / GIB:.1f} GiB is available"
+        f"({per_hospital_mib:.0f} MiB each) and {available / GIB:.1f} GiB is available"
     )
 
 
 def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
     consortium = bench_consortium(workdir, hospitals=hospitals, rounds=rounds)
     request = study_request(consortium, workdir / "results.jsonl")
+    available_before = psutil.virtual_memory().available
     began = time.monotonic()
     with started(workdir, consortium) as federation:
         startup_s = time.monotonic() - began
-        sampler = RssSampler(
+        sampler = MemorySampler(
             {
                 name: (node.pid, federation.launchers[name].pid)
                 for name, node in federation.supernodes.items()
@@ -409,6 +425,7 @@ def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
         hospitals=hospitals,
         rounds=reported,
         peak_rss_mib={name: rss / MIB for name, rss in sorted(sampler.peaks.items())},
+        memory_per_hospital_mib=(available_before - sampler.lowest_available) / hospitals / MIB,
         startup_s=startup_s,
         total_s=time.monotonic() - began,
         cpu=marks.steady(len(reported), round_s=steady_median(reported, "seconds")),
@@ -446,7 +463,7 @@ def run(*, quick: bool) -> SuiteResult:
     skipped: list[str] = []
     failed = False
     for hospitals, rounds in cases:
-        if shortfall := memory_shortfall(hospitals):
+        if shortfall := memory_shortfall(hospitals, results):
             skipped.append(shortfall)
             continue
         try:
@@ -484,6 +501,7 @@ def figures(result: ScaleResult) -> dict[str, Any]:
         "median_slowest_train_s": result.median_slowest_train,
         "median_overhead_s": result.median_overhead,
         "peak_rss_mib": result.peak_rss_mib,
+        "memory_per_hospital_mib": round(result.memory_per_hospital_mib, 1),
         "hospitals_cpu_s_per_round": result.hospitals_cpu_s_per_round,
         "cpu_s_per_round": result.cpu_s_per_round,
         "cpu_rounds_counted": round(result.cpu.rounds, 2),
@@ -519,6 +537,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
                 _rounded(first["seconds"]) if first else None,
                 _rounded(first["overhead_s"]) if first else None,
                 _rounded(r.max_peak_rss_mib, 0),
+                _rounded(r.memory_per_hospital_mib, 0),
                 _rounded(r.startup_s, 1),
             ]
         )
@@ -539,6 +558,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "round 1 s",
             "round 1 overhead s",
             "peak RSS / hospital MiB",
+            "memory / hospital MiB",
             "start-up s",
         ],
         rows=rows,
@@ -569,7 +589,11 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "Split into its parts (a launcher's own CPU apart from the tasks it forked), and the "
             "SuperLink's beside it; the ServerApp's is not measured.",
             "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
-            f"trees (with the forked ClientApp tasks), sampled every {RSS_SAMPLE_S} s.",
+            f"trees (with the forked ClientApp tasks), sampled every {MEMORY_SAMPLE_S} s. "
+            "Memory / hospital: what the machine's available memory lost from before start-up "
+            "to its lowest sample, divided by the hospitals; pages that processes share count "
+            "once. A case is skipped when the largest case before it, at this figure "
+            f"×{MEASURED_MEMORY_MARGIN:g}, says it would not fit.",
             "Start-up s: from launching the processes until every SuperNode is connected and "
             "every launcher has loaded the ClientApp (torch, Opacus, TenSEAL), all at once on "
             "these cores.",

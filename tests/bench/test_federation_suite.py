@@ -6,10 +6,25 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import psutil
 
 from bench import federation
+
+
+def scale_result(hospitals: int, *, memory_per_hospital_mib: float = 300.0, **fields: Any):
+    figures: dict[str, Any] = {
+        "rounds": [],
+        "peak_rss_mib": {},
+        "startup_s": 30.0,
+        "total_s": 50.0,
+        "cpu": federation.CpuWindow({}, rounds=0),
+        **fields,
+    }
+    return federation.ScaleResult(
+        hospitals=hospitals, memory_per_hospital_mib=memory_per_hospital_mib, **figures
+    )
 
 
 def test_a_case_that_does_not_fit_in_memory_is_skipped_with_the_reason(monkeypatch):
@@ -22,6 +37,21 @@ def test_a_case_that_does_not_fit_in_memory_is_skipped_with_the_reason(monkeypat
     )
 
 
+def test_once_a_case_ran_the_next_is_sized_by_its_memory_per_hospital(monkeypatch):
+    available = SimpleNamespace(available=20 * federation.GIB)
+    monkeypatch.setattr(federation.psutil, "virtual_memory", lambda: available)
+    measured = [
+        scale_result(3, memory_per_hospital_mib=600.0),
+        scale_result(30, memory_per_hospital_mib=300.0),
+    ]
+
+    # The largest case's 300 MiB, with 20% for more tasks at once: 50 × 360 MiB ≈ 17.6 GiB.
+    assert federation.memory_shortfall(50, measured) is None
+    assert federation.memory_shortfall(60, measured) == (
+        "60 hospitals skipped: they need about 21 GiB (360 MiB each) and 20.0 GiB is available"
+    )
+
+
 def test_skipped_cases_are_named_in_the_overhead_table():
     table = federation.overhead_table([], ["50 hospitals skipped: …"])
     assert table.notes[-1] == "50 hospitals skipped: …"
@@ -29,12 +59,9 @@ def test_skipped_cases_are_named_in_the_overhead_table():
 
 
 def test_the_overhead_table_splits_the_cpu_per_round_by_part():
-    result = federation.ScaleResult(
-        hospitals=10,
+    result = scale_result(
+        10,
         rounds=[{"seconds": 6.0, "slowest_train_s": 0.5, "overhead_s": 5.5}] * 2,
-        peak_rss_mib={},
-        startup_s=30.0,
-        total_s=50.0,
         cpu=federation.CpuWindow(
             {"SuperNodes": 6.0, "launchers": 1.6, "ClientApp tasks": 11.0, "SuperLink": 5.4},
             rounds=2,
@@ -47,6 +74,7 @@ def test_the_overhead_table_splits_the_cpu_per_round_by_part():
     assert row["hospitals' CPU s / round"] == 9.3
     assert row["of it: SuperNodes / launchers / ClientApp tasks"] == "3.00 / 0.80 / 5.50"
     assert row["SuperLink CPU s / round"] == 2.7
+    assert row["memory / hospital MiB"] == 300
 
 
 def test_medians_leave_out_the_first_round_and_the_last_while_others_remain():
