@@ -144,6 +144,24 @@ def test_tasks_hand_the_rdp_curves_they_computed_to_later_tasks(tmp_path):
     assert len(curves) == 1
 
 
+def test_a_task_that_exited_unreaped_still_hands_its_curves_to_the_next(tmp_path):
+    # The launcher may be holding a request for the next task as the last one exits: the next
+    # round's task then comes before the loop reaped the last one.
+    curves = RdpCurves()
+
+    def task(spec: ExecutionSpec) -> None:
+        curves.per_step(noise_multiplier=1.1, sample_rate=0.05)
+        (tmp_path / str(spec.task_id)).write_text(str(len(curves.computed_records())))
+
+    executor = ForkExecutor(task, curves=curves)
+    executor.launch(execution_spec(1))
+    os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # task 1 exited; not reaped
+    executor.launch(execution_spec(2))
+    assert reap_all(executor) == 1  # task 1 was reaped as task 2 was launched
+
+    assert (tmp_path / "2").read_text() == "0"
+
+
 class ReportingJunk(RdpCurves):
     def computed_records(self) -> list[bytes]:
         junk = RdpCurves.RECORD.pack(0.9, 7.0, *[0.1] * len(RDPAccountant.DEFAULT_ALPHAS))
