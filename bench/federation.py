@@ -81,8 +81,8 @@ class ComparisonCase:
 
 # The case: 10 hospitals, an MLP of 1,061,889 parameters on the 10 synthetic features.
 # Six rounds, so that the medians have four rounds that are neither the first nor the last: with
-# two, HE's round 2 (each hospital's first decryption of a global model, 1.5-2.5 s slower than
-# the rounds after it) weighed half the median.
+# two, one slow round weighed half the median (round 2 holds the runner's first read of Flower's
+# status, a `flwr` process of about 1 CPU-s, since round 1 is reported only after it).
 FULL_COMPARISON = ComparisonCase(hospitals=10, rounds=6, hidden=(1024, 1024))
 QUICK_COMPARISON = ComparisonCase(hospitals=3, rounds=2, hidden=(64,))
 
