@@ -127,14 +127,19 @@ def test_tasks_run_in_forked_children_that_are_reaped(tmp_path):
     assert len({child for child, _ in recorded}) == 3
 
 
-def test_tasks_hand_the_rdp_curves_they_computed_to_later_tasks(tmp_path):
+def curve_computing_executor(tmp_path: Path) -> tuple[ForkExecutor, RdpCurves]:
+    """Tasks that each need one RDP curve, and write down how many curves they computed."""
     curves = RdpCurves()
 
     def task(spec: ExecutionSpec) -> None:
         curves.per_step(noise_multiplier=1.1, sample_rate=0.05)
         (tmp_path / str(spec.task_id)).write_text(str(len(curves.computed_records())))
 
-    executor = ForkExecutor(task, curves=curves)
+    return ForkExecutor(task, curves=curves), curves
+
+
+def test_tasks_hand_the_rdp_curves_they_computed_to_later_tasks(tmp_path):
+    executor, curves = curve_computing_executor(tmp_path)
     for task_id in (1, 2):
         executor.launch(execution_spec(task_id))
         assert reap_all(executor) == 1
@@ -147,13 +152,7 @@ def test_tasks_hand_the_rdp_curves_they_computed_to_later_tasks(tmp_path):
 def test_a_task_that_exited_unreaped_still_hands_its_curves_to_the_next(tmp_path):
     # The launcher may be holding a request for the next task as the last one exits: the next
     # round's task then comes before the loop reaped the last one.
-    curves = RdpCurves()
-
-    def task(spec: ExecutionSpec) -> None:
-        curves.per_step(noise_multiplier=1.1, sample_rate=0.05)
-        (tmp_path / str(spec.task_id)).write_text(str(len(curves.computed_records())))
-
-    executor = ForkExecutor(task, curves=curves)
+    executor, _ = curve_computing_executor(tmp_path)
     executor.launch(execution_spec(1))
     os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # task 1 exited; not reaped
     executor.launch(execution_spec(2))
