@@ -1,3 +1,5 @@
+"""federation.runner.follow against a fake Control API and clock: when Flower's status is read."""
+
 from __future__ import annotations
 
 import json
