@@ -118,13 +118,16 @@ def test_tasks_run_in_forked_children_that_are_reaped(tmp_path):
 
     executor = ForkExecutor(task)
     results = [executor.launch(execution_spec(task_id)) for task_id in (1, 2, 3)]
-    assert reap_all(executor) == 3
+    reap_all(executor)  # a task that ended early was reaped as the next one was launched
 
     assert [result.status for result in results] == [LaunchResultStatus.ACCEPTED] * 3
     assert executor.running == 0
     recorded = [(tmp_path / str(task_id)).read_text().split() for task_id in (1, 2, 3)]
     assert {parent for _, parent in recorded} == {str(os.getpid())}
     assert len({child for child, _ in recorded}) == 3
+    for child, _ in recorded:
+        with pytest.raises(ChildProcessError):  # reaped: no zombie left
+            os.waitpid(int(child), os.WNOHANG)
 
 
 def curve_computing_executor(tmp_path: Path) -> tuple[ForkExecutor, RdpCurves]:
