@@ -88,8 +88,8 @@ def release_freed_memory() -> None:
     """Hand the memory this process freed back to the system, where the C library allows.
 
     The HE suite's TenSEAL objects leave ~850 MiB of freed heap in glibc's arenas, which the
-    system still counts as used: the federation suite, which skips a case that would not fit in
-    the available memory, then skipped 50 hospitals that fit once it was returned.
+    system still counts as used: the federation suite, which sizes its cases by the available
+    memory, would find that much less of it.
     """
     gc.collect()
     libc_name = ctypes.util.find_library("c")
