@@ -14,7 +14,8 @@ SuperLink does not hold yet is asked for again within 0.05 s, not 1 s
 (`retry_object_pulls_sooner`). And a launcher's request for a task, when none is pending, waits up
 to `TASK_WAIT_S` for one (`task_wait`) instead of returning at once: the SuperNode's state
 announces each task it creates (`TASK_ARRIVALS`), so the launcher learns of it at once, and sends
-one request per `TASK_WAIT_S` while idle, not a burst of them after each task.
+one request per `TASK_WAIT_S` while idle, not a burst of them after each task. Its Runtime API
+server, idle, wakes once a second instead of ten times (`hospitals.server_tick`).
 
     cohort-supernode [--max-idle-wait SECONDS] <flower-supernode arguments>
 
@@ -50,16 +51,18 @@ from hospitals.polling import (
     replace_in_flower,
     retry_object_pulls_sooner,
 )
+from hospitals.server_tick import slow_idle_ticks
 
 # The waits Flower's loop asks for: after an empty pull, and between checks for a task's reply.
 FLOWER_IDLE_WAIT_S = 3.0
 FLOWER_REPLY_CHECK_S = 0.5
 REPLY_CHECK_S = 0.05
 # An AcquireTask finding no pending task waits for one up to TASK_WAIT_S: an idle launcher costs
-# its SuperNode one request per TASK_WAIT_S (at 1 s, 1.3 ms of the launcher's CPU and a share of the
-# SuperNode's 5.9 every second, at 4 s 0.5 and 3.5). Well within the launcher's 30 s HTTP timeout
-# and the SuperNode's stop, which waits for the held request; a SuperNode that dies ends it at once.
-TASK_WAIT_S = 4.0
+# its SuperNode one request per TASK_WAIT_S. Idle, at 4 s, a launcher used 0.5 ms of CPU a second
+# and its SuperNode 2.3 to 3.0; at 15 s, with the SuperNode's server ticking once a second, 0.2
+# and 0.8. Half the launcher's 30 s HTTP timeout; the SuperNode's stop ends the held request at
+# once, and a SuperNode that dies ends it too.
+TASK_WAIT_S = 15.0
 
 
 class SuperNodeClock:
@@ -121,6 +124,7 @@ def install(backoff: IdleBackoff) -> None:
     # Flower's module's own name for `time`, not `time` itself: other modules keep the real sleep.
     replace_in_flower(supernode_loop, "time", SuperNodeClock(backoff))
     retry_object_pulls_sooner(supernode_loop, "pull_objects")
+    slow_idle_ticks()
     if not isinstance(runtime_handlers.acquire_task, HeldRequest):
         replace_in_flower(
             runtime_handlers, "acquire_task", task_wait(runtime_handlers.acquire_task)
