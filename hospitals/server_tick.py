@@ -4,7 +4,7 @@ uvicorn's `Server.main_loop` wakes every 0.1 s to refresh its Date header and to
 `should_exit` was set. That tick is most of what an idle Flower server costs: a bare idle uvicorn
 server used 2.0 ms of CPU a second here, and so did the Runtime API thread of an idle SuperNode;
 with a 1 s tick, 0.5 ms. Each hospital runs a SuperNode, and a federation's idle cost grows with
-its hospitals and with how long a round lasts, so at 50 hospitals the ticks alone took ~4% of
+its hospitals and with how long a round lasts: 50 SuperNodes' ticks alone take a twentieth of
 this machine's two cores.
 
 `slow_idle_ticks` makes every uvicorn server in the process tick every `SERVER_TICK_S` and still

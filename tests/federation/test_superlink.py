@@ -44,6 +44,7 @@ from federation.superlink import (
     tracking_messages,
     tracking_objects,
 )
+from hospitals import server_tick
 from hospitals.polling import Arrivals, HeldRequest
 
 
@@ -60,6 +61,8 @@ def test_install_changes_flowers_pull_handler_link_states_and_middleware(monkeyp
         monkeypatch.setattr(object_store, "put", put)
     uvicorns_handle_exit = uvicorn.Server.handle_exit
     monkeypatch.setattr(uvicorn.Server, "handle_exit", uvicorns_handle_exit)
+    monkeypatch.setattr(uvicorn.Server, "main_loop", uvicorn.Server.main_loop)
+    monkeypatch.delattr(uvicorn.Server, "should_exit", raising=False)
 
     install()
     install()  # a second install changes nothing more
@@ -71,6 +74,7 @@ def test_install_changes_flowers_pull_handler_link_states_and_middleware(monkeyp
     for object_store, put in flowers_puts.items():
         assert object_store.put.__wrapped__ is put
     assert uvicorn.Server.handle_exit.__wrapped__ is uvicorns_handle_exit
+    assert uvicorn.Server.main_loop is server_tick.main_loop
     first, *rest = superlink_app._get_middleware()
     assert (first.cls, first.kwargs) == (MoreWorkerThreads, {"threads": WORKER_THREADS})
     assert [m.kwargs.get("middleware", m).cls for m in rest] == [

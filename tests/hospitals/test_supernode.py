@@ -9,12 +9,14 @@ from functools import partial
 
 import flwr.supernode.start_client_internal as supernode_loop
 import pytest
+import uvicorn
 from flwr.supercore.constant import TaskType
 from flwr.supercore.exit import exit_handler
 from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 from flwr.supernode.servicer.runtime import runtime_handlers
 
+from hospitals import server_tick
 from hospitals.polling import OBJECT_RETRY_FIRST_S, HeldRequest, IdleBackoff
 from hospitals.supernode import (
     FLOWER_CREATE_TASK,
@@ -92,8 +94,10 @@ def test_the_clock_lends_the_rest_of_the_time_module():
     assert clock.monotonic is time.monotonic
 
 
-def test_install_changes_only_flowers_supernode_loop_task_handler_and_state(monkeypatch):
+def test_install_changes_only_flowers_supernode_loop_task_handler_state_and_ticks(monkeypatch):
     flowers_acquire = runtime_handlers.acquire_task
+    monkeypatch.setattr(uvicorn.Server, "main_loop", uvicorn.Server.main_loop)
+    monkeypatch.delattr(uvicorn.Server, "should_exit", raising=False)
     monkeypatch.setitem(vars(supernode_loop), "time", time)
     monkeypatch.setitem(vars(supernode_loop), "pull_objects", supernode_loop.pull_objects)
     monkeypatch.setitem(vars(runtime_handlers), "acquire_task", flowers_acquire)
@@ -109,6 +113,7 @@ def test_install_changes_only_flowers_supernode_loop_task_handler_and_state(monk
     assert runtime_handlers.acquire_task.handler is flowers_acquire
     assert runtime_handlers.acquire_task.wait_s == TASK_WAIT_S
     assert InMemoryNodeState.create_task.__wrapped__ is FLOWER_CREATE_TASK
+    assert uvicorn.Server.main_loop is server_tick.main_loop
     # On SIGTERM the held requests end first, before Flower's handler that stops the Runtime API.
     assert exit_handler.registered_exit_handlers == [
         exit_handler._RegisteredExitHandler(TASK_ARRIVALS.close, run_before_force_exit=True)
