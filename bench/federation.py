@@ -69,6 +69,11 @@ GIB = 2**30
 MEMORY_PER_HOSPITAL_MIB = 450
 # A larger case needs a little more per hospital than a smaller one measured: more tasks at once.
 MEASURED_MEMORY_MARGIN = 1.2
+# A node waits far longer than it works: between rounds, and between studies for days. After its
+# study, each case measures its idle processes' CPU over a window, once the last run's have quieted.
+IDLE_SETTLE_S = 2.0
+IDLE_WINDOW_S = 20.0
+QUICK_IDLE_WINDOW_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,7 @@ class ScaleResult:
     startup_s: float
     total_s: float
     cpu: CpuWindow  # CpuMarks.steady
+    idle_ms_per_s: dict[str, float]  # idle_cpu: cpu_by_part's parts, with no run in progress
 
     @property
     def median_seconds(self) -> float | None:
@@ -270,6 +276,13 @@ class ScaleResult:
     @property
     def max_peak_rss_mib(self) -> float | None:
         return max(self.peak_rss_mib.values()) if self.peak_rss_mib else None
+
+    @property
+    def idle_node_ms_per_s(self) -> float | None:
+        """What one hospital's idle processes (SuperNode, launcher) use, on average."""
+        if not self.idle_ms_per_s:
+            return None
+        return sum(self.idle_ms_per_s[part] for part in HOSPITAL_PARTS) / self.hospitals
 
 
 @dataclass(frozen=True)
@@ -403,7 +416,26 @@ def memory_shortfall(hospitals: int, measured: Sequence[ScaleResult] = ()) -> st
     )
 
 
-def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
+def idle_cpu(
+    federation: LocalFederation,
+    *,
+    window_s: float,
+    settle_s: float = IDLE_SETTLE_S,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> dict[str, float]:
+    """Milliseconds of CPU per second that each part of `cpu_by_part` uses while no run is in
+    progress: over `window_s`, after `settle_s` for the last run's processes to finish."""
+    sleep(settle_s)
+    before, began = cpu_by_part(federation), monotonic()
+    sleep(window_s)
+    after, elapsed_s = cpu_by_part(federation), monotonic() - began
+    return {part: 1000 * (after[part] - before[part]) / elapsed_s for part in after}
+
+
+def measure(
+    workdir: Path, *, hospitals: int, rounds: int, idle_window_s: float = IDLE_WINDOW_S
+) -> ScaleResult:
     consortium = bench_consortium(workdir, hospitals=hospitals, rounds=rounds)
     request = study_request(consortium, workdir / "results.jsonl")
     available_before = psutil.virtual_memory().available
@@ -423,6 +455,7 @@ def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
         finally:
             sampler.stop()
         marks.finish()
+        idle = idle_cpu(federation, window_s=idle_window_s)
     reported = round_figures(outcome)
     return ScaleResult(
         hospitals=hospitals,
@@ -432,6 +465,7 @@ def measure(workdir: Path, *, hospitals: int, rounds: int) -> ScaleResult:
         startup_s=startup_s,
         total_s=time.monotonic() - began,
         cpu=marks.steady(len(reported), round_s=steady_median(reported, "seconds")),
+        idle_ms_per_s=idle,
     )
 
 
@@ -461,6 +495,7 @@ def compare(workdir: Path, case: ComparisonCase) -> Comparison:
 
 def run(*, quick: bool) -> SuiteResult:
     cases = QUICK_CASES if quick else FULL_CASES
+    idle_window_s = QUICK_IDLE_WINDOW_S if quick else IDLE_WINDOW_S
     root = Path(tempfile.mkdtemp(prefix="cohort-bench-federation-"))
     results: list[ScaleResult] = []
     skipped: list[str] = []
@@ -470,7 +505,14 @@ def run(*, quick: bool) -> SuiteResult:
             skipped.append(shortfall)
             continue
         try:
-            results.append(measure(root / f"n{hospitals}", hospitals=hospitals, rounds=rounds))
+            results.append(
+                measure(
+                    root / f"n{hospitals}",
+                    hospitals=hospitals,
+                    rounds=rounds,
+                    idle_window_s=idle_window_s,
+                )
+            )
         except RuntimeError as failure:
             # Past the goal's size a case can exhaust a small machine; the others still count.
             if hospitals <= OVERHEAD_GOAL_HOSPITALS:
@@ -508,6 +550,8 @@ def figures(result: ScaleResult) -> dict[str, Any]:
         "hospitals_cpu_s_per_round": result.hospitals_cpu_s_per_round,
         "cpu_s_per_round": result.cpu_s_per_round,
         "cpu_rounds_counted": round(result.cpu.rounds, 2),
+        "idle_cpu_ms_per_s": {part: round(ms, 2) for part, ms in result.idle_ms_per_s.items()},
+        "idle_node_ms_per_s": _rounded(result.idle_node_ms_per_s),
         "cpu_count": psutil.cpu_count(),
     }
 
@@ -541,6 +585,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
                 _rounded(first["overhead_s"]) if first else None,
                 _rounded(r.max_peak_rss_mib, 0),
                 _rounded(r.memory_per_hospital_mib, 0),
+                _idle(r),
                 _rounded(r.startup_s, 1),
             ]
         )
@@ -562,6 +607,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "round 1 overhead s",
             "peak RSS / hospital MiB",
             "memory / hospital MiB",
+            "idle CPU ms/s: node / SuperLink",
             "start-up s",
         ],
         rows=rows,
@@ -597,6 +643,11 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "to its lowest sample, divided by the hospitals; pages that processes share count "
             "once. A case is skipped when the largest case before it, at this figure "
             f"×{MEASURED_MEMORY_MARGIN:g}, says it would not fit.",
+            "Idle CPU: milliseconds of CPU per second with no run in progress, measured after the "
+            f"study over {IDLE_WINDOW_S:g} s ({QUICK_IDLE_WINDOW_S:g} s in the quick run): a "
+            "hospital's node (its SuperNode and launcher, the mean over hospitals), and the "
+            "SuperLink. A node waits far longer than it works, between rounds and between "
+            "studies.",
             "Start-up s: from launching the processes until every SuperNode is connected and "
             "every launcher has loaded the ClientApp (torch, Opacus, TenSEAL), all at once on "
             "these cores.",
@@ -605,6 +656,13 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             *skipped,
         ],
     )
+
+
+def _idle(result: ScaleResult) -> str | None:
+    node = result.idle_node_ms_per_s
+    if node is None:
+        return None
+    return f"{node:.2f} / {result.idle_ms_per_s['SuperLink']:.1f}"
 
 
 def overhead_plot(results: list[ScaleResult]) -> Figure:

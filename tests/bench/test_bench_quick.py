@@ -34,3 +34,11 @@ def test_he_figures_compare_both_formats_on_the_same_updates(quick_run: QuickRun
     assert unpacked["max_abs_error"] < 1e-6 and unpacked["error_bound"] is None
     assert 0 < packed["max_abs_error"] <= packed["error_bound"]
     assert packed["aggregate_ratio"] > 0 and unpacked["aggregate_ratio"] > 0
+
+
+def test_each_federation_case_measures_its_idle_cpu(quick_run: QuickRun):
+    (case,) = quick_run.figures("federation")["cases"]
+    idle = case["idle_cpu_ms_per_s"]
+    assert set(idle) == {"SuperNodes", "launchers", "ClientApp tasks", "SuperLink"}
+    assert all(ms >= 0 for ms in idle.values())
+    assert case["idle_node_ms_per_s"] >= 0

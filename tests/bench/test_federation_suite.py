@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import psutil
+import pytest
 
 from bench import federation
 
@@ -20,6 +21,7 @@ def scale_result(hospitals: int, *, memory_per_hospital_mib: float = 300.0, **fi
         "startup_s": 30.0,
         "total_s": 50.0,
         "cpu": federation.CpuWindow({}, rounds=0),
+        "idle_ms_per_s": {},
         **fields,
     }
     return federation.ScaleResult(
@@ -75,6 +77,33 @@ def test_the_overhead_table_splits_the_cpu_per_round_by_part():
     assert row["of it: SuperNodes / launchers / ClientApp tasks"] == "3.00 / 0.80 / 5.50"
     assert row["SuperLink CPU s / round"] == 2.7
     assert row["memory / hospital MiB"] == 300
+
+
+def test_the_overhead_table_shows_a_hospital_nodes_idle_cpu_beside_the_superlinks():
+    idle = {"SuperNodes": 7.0, "launchers": 1.0, "ClientApp tasks": 0.0, "SuperLink": 9.24}
+
+    table = federation.overhead_table([scale_result(10, idle_ms_per_s=idle)])
+    row = dict(zip(table.columns, table.rows[0], strict=True))
+
+    assert row["idle CPU ms/s: node / SuperLink"] == "0.80 / 9.2"
+
+
+def test_idle_cpu_is_measured_once_the_last_run_settled(monkeypatch):
+    clock = SimpleNamespace(now=100.0, slept=[])
+
+    def sleep(seconds: float) -> None:
+        clock.slept.append(seconds)
+        clock.now += seconds
+
+    used = iter([{"SuperLink": 5.0, "SuperNodes": 1.0}, {"SuperLink": 5.2, "SuperNodes": 1.05}])
+    monkeypatch.setattr(federation, "cpu_by_part", lambda _federation: next(used))
+
+    idle = federation.idle_cpu(
+        None, window_s=20.0, settle_s=2.0, sleep=sleep, monotonic=lambda: clock.now
+    )
+
+    assert clock.slept == [2.0, 20.0]  # the CPU counted is the window's, not the settling's
+    assert idle == {"SuperLink": pytest.approx(10.0), "SuperNodes": pytest.approx(2.5)}
 
 
 def test_medians_leave_out_the_first_round_and_the_last_while_others_remain():
