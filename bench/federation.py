@@ -72,6 +72,10 @@ MEASURED_MEMORY_MARGIN = 1.2
 # A node waits far longer than it works: between rounds, and between studies for days. After its
 # study, each case measures its idle processes' CPU over a window, once the last run's have quieted.
 IDLE_SETTLE_S = 2.0
+# cpu_by_part's parts that are measured idle. A task's CPU counts once its launcher reaps it, which
+# can be during the window (the final evaluation's tasks): none runs while idle, so tasks are out.
+IDLE_PARTS = ("SuperNodes", "launchers", "SuperLink")
+IDLE_NODE_PARTS = ("SuperNodes", "launchers")
 IDLE_WINDOW_S = 20.0
 QUICK_IDLE_WINDOW_S = 2.0
 
@@ -249,7 +253,7 @@ class ScaleResult:
     startup_s: float
     total_s: float
     cpu: CpuWindow  # CpuMarks.steady
-    idle_ms_per_s: dict[str, float]  # idle_cpu: cpu_by_part's parts, with no run in progress
+    idle_ms_per_s: dict[str, float]  # idle_cpu: IDLE_PARTS, with no run in progress
 
     @property
     def median_seconds(self) -> float | None:
@@ -282,7 +286,7 @@ class ScaleResult:
         """What one hospital's idle processes (SuperNode, launcher) use, on average."""
         if not self.idle_ms_per_s:
             return None
-        return sum(self.idle_ms_per_s[part] for part in HOSPITAL_PARTS) / self.hospitals
+        return sum(self.idle_ms_per_s[part] for part in IDLE_NODE_PARTS) / self.hospitals
 
 
 @dataclass(frozen=True)
@@ -424,13 +428,13 @@ def idle_cpu(
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> dict[str, float]:
-    """Milliseconds of CPU per second that each part of `cpu_by_part` uses while no run is in
+    """Milliseconds of CPU per second that each of `IDLE_PARTS` uses while no run is in
     progress: over `window_s`, after `settle_s` for the last run's processes to finish."""
     sleep(settle_s)
     before, began = cpu_by_part(federation), monotonic()
     sleep(window_s)
     after, elapsed_s = cpu_by_part(federation), monotonic() - began
-    return {part: 1000 * (after[part] - before[part]) / elapsed_s for part in after}
+    return {part: 1000 * (after[part] - before[part]) / elapsed_s for part in IDLE_PARTS}
 
 
 def measure(
