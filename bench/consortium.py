@@ -42,8 +42,10 @@ def synthetic_consortium(
     study_id: str,
     cohort: SyntheticCohort,
     model: ModelSpec | None = None,
+    max_lifetime_epsilon: float = MAX_LIFETIME_EPSILON,
 ) -> Consortium:
-    """Fresh data, key and nodes under `settings.out_dir`; `model` replaces the demo's."""
+    """Fresh data, key and nodes under `settings.out_dir`; `model` replaces the demo's, and each
+    node's policy allows `max_lifetime_epsilon` over all the runs it takes part in."""
     data_dir = settings.out_dir / "data"
     paths = write_federation(
         out_dir=data_dir,
@@ -64,7 +66,7 @@ def synthetic_consortium(
         document["model"] = model.to_dict()
     policy = node_policy_toml(
         study_id=study_id,
-        max_lifetime_epsilon=MAX_LIFETIME_EPSILON,
+        max_lifetime_epsilon=max_lifetime_epsilon,
         consent_waiver=DEMO_CONSENT_WAIVER,
     )
     return Consortium(

@@ -34,7 +34,7 @@ import psutil
 from matplotlib.figure import Figure
 
 from bench import plaintext
-from bench.consortium import SyntheticCohort, synthetic_consortium
+from bench.consortium import MAX_LIFETIME_EPSILON, SyntheticCohort, synthetic_consortium
 from bench.core import SuiteResult, Table
 from demo.setup import Consortium, DemoSettings
 from federation.control import APP_DIR
@@ -82,18 +82,21 @@ QUICK_IDLE_WINDOW_S = 2.0
 
 @dataclass(frozen=True)
 class ComparisonCase:
-    """HE vs plaintext: the catalog MLP with these hidden layers, on the synthetic hospitals."""
+    """HE vs plaintext: the catalog MLP with these hidden layers, on the synthetic hospitals, run
+    as `pairs` pairs of studies (HE, then plaintext) one after another on one federation."""
 
     hospitals: int
     rounds: int
     hidden: tuple[int, ...]
+    pairs: int = 1
 
 
 # The issue's case: 10 hospitals, an MLP of 1,061,889 parameters on the 10 synthetic features.
 # Six rounds, so that the medians have four rounds that are neither the first nor the last: with
 # two, one slow round weighed half the median (round 2 holds the runner's first read of Flower's
-# status, a `flwr` process of about 1 CPU-s, since round 1 is reported only after it).
-FULL_COMPARISON = ComparisonCase(hospitals=10, rounds=6, hidden=(1024, 1024))
+# status, a `flwr` process of about 1 CPU-s, since round 1 is reported only after it). Three
+# pairs, alternating: one pair each measured 1.48, 1.37 and 1.23 in three full runs.
+FULL_COMPARISON = ComparisonCase(hospitals=10, rounds=6, hidden=(1024, 1024), pairs=3)
 QUICK_COMPARISON = ComparisonCase(hospitals=3, rounds=2, hidden=(64,))
 
 
@@ -290,11 +293,9 @@ class ScaleResult:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """The same study's rounds under HE and in the clear (bench/plaintext)."""
+class ComparisonPair:
+    """The same study's rounds under HE and, right after, in the clear (bench/plaintext)."""
 
-    case: ComparisonCase
-    parameters: int
     he: list[dict[str, Any]]
     plaintext: list[dict[str, Any]]
 
@@ -305,10 +306,7 @@ class Comparison:
 
     def figures(self) -> dict[str, Any]:
         return {
-            "hospitals": self.case.hospitals,
-            "hidden": list(self.case.hidden),
-            "parameters": self.parameters,
-            "he_to_plaintext_round_ratio": self.ratio,
+            "ratio": self.ratio,
             **{
                 side: {
                     "median_round_s": steady_median(rounds, "seconds"),
@@ -320,9 +318,50 @@ class Comparison:
         }
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A case's pairs of studies, HE and plaintext, on one federation."""
+
+    case: ComparisonCase
+    parameters: int
+    pairs: list[ComparisonPair]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [ratio for pair in self.pairs if (ratio := pair.ratio) is not None]
+
+    @property
+    def ratio(self) -> float | None:
+        """The median over pairs of each pair's HE / plaintext ratio."""
+        return statistics.median(self.ratios) if self.ratios else None
+
+    def median_over_pairs(self, side: str, key: str) -> float | None:
+        """The median over pairs of one side's steady median of `key`."""
+        values = [steady_median(getattr(pair, side), key) for pair in self.pairs]
+        present = [value for value in values if value is not None]
+        return statistics.median(present) if present else None
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "hospitals": self.case.hospitals,
+            "hidden": list(self.case.hidden),
+            "parameters": self.parameters,
+            "he_to_plaintext_round_ratio": self.ratio,
+            "ratio_min": min(self.ratios, default=None),
+            "ratio_max": max(self.ratios, default=None),
+            "pairs": [pair.figures() for pair in self.pairs],
+        }
+
+
 def bench_consortium(
-    workdir: Path, *, hospitals: int, rounds: int, model: ModelSpec | None = None
+    workdir: Path,
+    *,
+    hospitals: int,
+    rounds: int,
+    model: ModelSpec | None = None,
+    studies: int = 1,
 ) -> Consortium:
+    """The synthetic consortium, its nodes' budgets allowing `studies` runs of the study."""
     settings = DemoSettings(
         out_dir=workdir,
         rounds=rounds,
@@ -331,7 +370,13 @@ def bench_consortium(
         seed=SEED,
     )
     cohort = SyntheticCohort(rows=(ROWS_PER_HOSPITAL,) * hospitals, test_rows=TEST_ROWS)
-    return synthetic_consortium(settings, study_id=STUDY_ID, cohort=cohort, model=model)
+    return synthetic_consortium(
+        settings,
+        study_id=STUDY_ID,
+        cohort=cohort,
+        model=model,
+        max_lifetime_epsilon=max(MAX_LIFETIME_EPSILON, studies * settings.target_epsilon),
+    )
 
 
 def study_request(consortium: Consortium, results_path: Path) -> StudyRequest:
@@ -474,26 +519,40 @@ def measure(
 
 
 def compare(workdir: Path, case: ComparisonCase) -> Comparison:
-    """Both apps on one federation, HE first: same consortium, data, model, DP and rounds."""
+    """Both apps on one federation, alternating, HE first: same consortium, data, model, DP and
+    rounds. Alternating spreads a drift of the machine's state (caches, memory) over both."""
     model = ModelSpec(name="mlp", hyperparameters={"hidden": case.hidden})
     consortium = bench_consortium(
-        workdir, hospitals=case.hospitals, rounds=case.rounds, model=model
+        workdir,
+        hospitals=case.hospitals,
+        rounds=case.rounds,
+        model=model,
+        studies=2 * case.pairs,
     )
     protocol = consortium.protocol
+
+    def rounds_of(
+        federation: LocalFederation, app_dir: Path, results_path: Path
+    ) -> list[dict[str, Any]]:
+        request = study_request(consortium, results_path)
+        return round_figures(run_app(federation, request, app_dir=app_dir))
+
     with plaintext.loadable(), started(workdir, consortium) as federation:
-        he = run_app(federation, study_request(consortium, workdir / "he.jsonl"), app_dir=APP_DIR)
-        clear = run_app(
-            federation,
-            study_request(consortium, workdir / "plaintext.jsonl"),
-            app_dir=plaintext.APP_DIR,
-        )
+        pairs = [
+            ComparisonPair(
+                he=rounds_of(federation, APP_DIR, workdir / f"he-{pair}.jsonl"),
+                plaintext=rounds_of(
+                    federation, plaintext.APP_DIR, workdir / f"plaintext-{pair}.jsonl"
+                ),
+            )
+            for pair in range(case.pairs)
+        ]
     return Comparison(
         case=case,
         parameters=parameter_count(
             build_model(protocol.model, n_features=protocol.schema.n_features, seed=protocol.seed)
         ),
-        he=round_figures(he),
-        plaintext=round_figures(clear),
+        pairs=pairs,
     )
 
 
@@ -687,17 +746,21 @@ def overhead_plot(results: list[ScaleResult]) -> Figure:
 
 
 def comparison_table(comparison: Comparison) -> Table:
-    sides = (comparison.he, comparison.plaintext)
-    update_bytes = [steady_median(rounds, "update_bytes") for rounds in sides]
+    sides = ("he", "plaintext")
+    first = comparison.pairs[0]
+    update_bytes = [steady_median(getattr(first, side), "update_bytes") for side in sides]
+    ratios = comparison.ratios
     return Table(
         title="HE round vs plaintext round: the same study, with and without CKKS",
         columns=[
             "hospitals",
             "parameters",
             "rounds",
+            "pairs",
             "HE median round s",
             "plaintext median round s",
             "HE / plaintext",
+            "HE / plaintext min–max",
             "HE slowest train s",
             "plaintext slowest train s",
             "HE update MiB",
@@ -707,23 +770,30 @@ def comparison_table(comparison: Comparison) -> Table:
             [
                 comparison.case.hospitals,
                 comparison.parameters,
-                len(comparison.he),
-                *(_rounded(steady_median(rounds, "seconds")) for rounds in sides),
+                comparison.case.rounds,
+                len(comparison.pairs),
+                *(_rounded(comparison.median_over_pairs(side, "seconds")) for side in sides),
                 _rounded(comparison.ratio),
-                *(_rounded(steady_median(rounds, "slowest_train_s")) for rounds in sides),
+                f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else None,
+                *(
+                    _rounded(comparison.median_over_pairs(side, "slowest_train_s"))
+                    for side in sides
+                ),
                 *(_rounded(None if b is None else b / MIB, 4) for b in update_bytes),
             ]
         ],
         notes=[
-            "One real local federation runs the study twice, HE first: the product's app "
-            "(DP-SGD, CKKS updates summed at the aggregator) and bench/plaintext's baseline (the "
-            "same node checks, data, model, DP-SGD, ledger, evaluation and messages, with float32 "
-            "models averaged by numpy, weighted by rows). The ratio is what HE adds to a round: "
-            "encryption and decryption at each hospital, the ciphertexts' size on the wire, and "
-            "reading and adding them at the aggregator.",
+            "One real local federation runs the study in pairs, one after another, HE first: "
+            "the product's app (DP-SGD, CKKS updates summed at the aggregator) and "
+            "bench/plaintext's baseline (the same node checks, data, model, DP-SGD, ledger, "
+            "evaluation and messages, with float32 models averaged by numpy, weighted by rows). "
+            "The ratio is what HE adds to a round: encryption and decryption at each hospital, "
+            "the ciphertexts' size on the wire, and reading and adding them at the aggregator.",
             f"MLP with hidden layers {list(comparison.case.hidden)}, {ROWS_PER_HOSPITAL} "
-            "synthetic rows per hospital; medians over the rounds between the first (which also "
-            "waits for processes to start) and the last (which also holds the final evaluation).",
+            "synthetic rows per hospital. Each run's median is over the rounds between the first "
+            "(which also waits for processes to start) and the last (which also holds the final "
+            "evaluation); each pair's ratio divides its two medians, and the table shows the "
+            "median over pairs, with the pairs' lowest and highest ratio.",
             "The issue's case is the full run's: 10 hospitals, about 1M parameters. In the quick "
             "run the model is tiny and HE's share of a round is small beside messaging and "
             "process start-up, so its ratio says little.",

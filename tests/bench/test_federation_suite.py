@@ -171,3 +171,34 @@ def test_each_hospitals_rss_holds_its_processes_and_their_descendants(tmp_path):
 
     assert totals["no process"] == 0
     assert totals["tree"] >= own + 50 * 2**20
+
+
+def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
+    def rounds(steady_s: float) -> list[dict[str, Any]]:
+        # The first and last rounds fall outside each run's median.
+        seconds = (9.0, steady_s, steady_s, 20.0)
+        return [{"seconds": s, "slowest_train_s": 1.0, "update_bytes": 2**20} for s in seconds]
+
+    pairs = [
+        federation.ComparisonPair(he=rounds(he), plaintext=rounds(clear))
+        for he, clear in [(6.0, 4.0), (5.0, 4.0), (4.4, 4.0)]
+    ]
+    case = federation.ComparisonCase(hospitals=10, rounds=4, hidden=(8,), pairs=3)
+    comparison = federation.Comparison(case=case, parameters=100, pairs=pairs)
+
+    assert comparison.ratio == 1.25
+    table = federation.comparison_table(comparison)
+    row = dict(zip(table.columns, table.rows[0], strict=True))
+    assert row["HE median round s"] == 5.0
+    assert row["HE / plaintext"] == 1.25
+    assert row["HE / plaintext min–max"] == "1.10–1.50"
+    assert comparison.figures()["ratio_min"] == pytest.approx(1.1)
+
+
+def test_each_nodes_budget_allows_every_study_a_comparison_runs(tmp_path):
+    # Three pairs of studies at ε = 3 each: 18, past the default lifetime budget of 10.
+    consortium = federation.bench_consortium(tmp_path, hospitals=2, rounds=1, studies=6)
+
+    for node in consortium.hospitals:
+        policy = node.policy_path.read_text(encoding="utf-8")
+        assert "max_lifetime_epsilon = 18.0" in policy

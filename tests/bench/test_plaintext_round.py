@@ -121,13 +121,15 @@ def test_a_plaintext_node_trains_the_model_the_product_node_trains(
 def test_the_quick_run_compares_both_apps_on_a_real_federation(quick_run: QuickRun) -> None:
     figures = quick_run.figures("federation")["he_vs_plaintext"]
 
+    (pair,) = figures["pairs"]
     for side in ("he", "plaintext"):
-        assert [r["round"] for r in figures[side]["rounds"]] == [1, 2]
-        assert all(r["participants"] == figures["hospitals"] for r in figures[side]["rounds"])
-    assert figures["he_to_plaintext_round_ratio"] > 0
-    plaintext_bytes = figures["plaintext"]["rounds"][0]["update_bytes"]
+        assert [r["round"] for r in pair[side]["rounds"]] == [1, 2]
+        assert all(r["participants"] == figures["hospitals"] for r in pair[side]["rounds"])
+    assert figures["he_to_plaintext_round_ratio"] == pair["ratio"] > 0
+    assert figures["ratio_min"] == figures["ratio_max"] == pair["ratio"]
+    plaintext_bytes = pair["plaintext"]["rounds"][0]["update_bytes"]
     assert plaintext_bytes == 4 * figures["parameters"]
-    assert figures["he"]["rounds"][0]["update_bytes"] > plaintext_bytes
+    assert pair["he"]["rounds"][0]["update_bytes"] > plaintext_bytes
     (table,) = [t for t in quick_run.tables("federation") if t.title.startswith("HE round vs")]
     assert len(table.rows) == 1 and len(table.rows[0]) == len(table.columns)
 
