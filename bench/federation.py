@@ -72,12 +72,12 @@ MEASURED_MEMORY_MARGIN = 1.2
 # A node waits far longer than it works: between rounds, and between studies for days. After its
 # study, each case measures its idle processes' CPU over a window, once the last run's have quieted.
 IDLE_SETTLE_S = 2.0
+IDLE_WINDOW_S = 20.0
+QUICK_IDLE_WINDOW_S = 2.0
 # cpu_by_part's parts that are measured idle. A task's CPU counts once its launcher reaps it, which
 # can be during the window (the final evaluation's tasks): none runs while idle, so tasks are out.
 IDLE_PARTS = ("SuperNodes", "launchers", "SuperLink")
 IDLE_NODE_PARTS = ("SuperNodes", "launchers")
-IDLE_WINDOW_S = 20.0
-QUICK_IDLE_WINDOW_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class ComparisonCase:
 # Six rounds, so that the medians have four rounds that are neither the first nor the last: with
 # two, one slow round weighed half the median (round 2 holds the runner's first read of Flower's
 # status, a `flwr` process of about 1 CPU-s, since round 1 is reported only after it). Three
-# pairs, alternating: one pair each measured 1.48, 1.37 and 1.23 in three full runs.
+# pairs, alternating: a single pair measured 1.48, 1.37 and 1.23 in three runs.
 FULL_COMPARISON = ComparisonCase(hospitals=10, rounds=6, hidden=(1024, 1024), pairs=3)
 QUICK_COMPARISON = ComparisonCase(hospitals=3, rounds=2, hidden=(64,))
 
