@@ -262,10 +262,12 @@ def decrypt_seal_chunks(
         seal_context = context.seal_context().data
         encoder = sealapi.CKKSEncoder(seal_context)
         decryptor = sealapi.Decryptor(seal_context, context.secret_key().data)
-    slots = []
+    slots = np.empty(sum(sizes), dtype=np.complex128)
+    start = 0
     for index, (ciphertext, size) in enumerate(zip(ciphertexts, sizes, strict=True)):
         with _translated(MalformedUpdateError, f"cannot decrypt chunk {index}"):
             plain = sealapi.Plaintext()
             decryptor.decrypt(ciphertext, plain)
-            slots.append(np.asarray(encoder.decode_complex(plain)[:size], dtype=np.complex128))
-    return np.concatenate(slots)
+            slots[start : start + size] = encoder.decode_complex(plain)[:size]
+        start += size
+    return slots

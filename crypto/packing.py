@@ -250,12 +250,9 @@ def encrypt_packed(
     if not isinstance(context, SecretContext):
         raise TypeError("encrypting needs the hospital's SecretContext")
     _require_packed_params(context)
-    vector = model_vector(values)
+    vector = model_vector(values)  # a fresh copy, which _slot_values may overwrite
     weight_units = _weight_units(weight, quantization)
-    levels = _quantize(vector, quantization)
-    weighted = np.rint(levels * (weight_units / quantization.levels)).astype(np.int64)
-    words = _pack(np.pad(weighted, (0, -weighted.size % _VALUES_PER_SLOT)), quantization)
-    plain = np.append(words[0::2] + 1j * words[1::2], weight_units)
+    plain = _slot_values(vector, weight_units=weight_units, scheme=quantization)
     slot_count = context.params.slot_count
     chunks = _backend.encrypt_seeded(
         context.tenseal_context,
@@ -365,18 +362,19 @@ def decrypt_packed_mean(context: SecretContext, update: PackedUpdate) -> Decrypt
     decrypted = _backend.decrypt_seal_chunks(
         context.tenseal_context, _load_chunks(context, update, name="the update"), sizes=sizes
     )
-    words = _integers(np.column_stack((decrypted.real, decrypted.imag)).reshape(-1))
+    # A complex array viewed as float64 interleaves each slot's real and imaginary word.
+    words = _integers(decrypted.view(np.float64))
     total_units, spare = int(words[-2]), int(words[-1])
     if total_units <= 0 or spare != 0:
         raise DecryptionError(
             f"the decrypted weight slot is {total_units} + {spare}i, not a positive integer: "
             "this is not a sum of this study's packed updates"
         )
-    sums = _unpack(words[:-2], scheme)[: update.length].astype(np.float64)
-    mean_levels = sums * (scheme.levels / total_units)
-    return DecryptedMean(
-        mean=mean_levels * scheme.step - scheme.clip, total_weight=total_units / scheme.levels
-    )
+    mean = _unpack(words[:-2], scheme)[: update.length]
+    mean *= scheme.levels / total_units
+    mean *= scheme.step
+    mean -= scheme.clip
+    return DecryptedMean(mean=mean, total_weight=total_units / scheme.levels)
 
 
 def max_packed_nbytes(length: int) -> int:
@@ -414,43 +412,74 @@ def _weight_units(weight: float, scheme: Quantization) -> int:
     return units
 
 
-def _quantize(vector: npt.NDArray[np.float64], scheme: Quantization) -> npt.NDArray[np.float64]:
-    magnitudes = np.abs(vector)
-    index = int(np.argmax(magnitudes))
-    if magnitudes[index] > scheme.clip:
-        raise ValueRangeError(
-            f"values[{index}] = {vector[index]} lies outside the quantization range "
-            f"[-{scheme.clip}, {scheme.clip}]: the study's protocol must allow a wider clip"
-        )
-    return np.rint((vector + scheme.clip) / scheme.step)
+def _slot_values(
+    vector: npt.NDArray[np.float64], *, weight_units: int, scheme: Quantization
+) -> npt.NDArray[np.complex128]:
+    """The slots of ``vector`` weighted by ``weight_units``, then the weight's slot.
+
+    Follows the module docstring's encoding, in place on ``vector`` and in float64, where every
+    field and word is an exact integer: 11 ms per million values here, against 16 ms for the
+    same encoding in int64 temporaries.
+    """
+    _require_within_clip(vector, scheme)
+    vector += scheme.clip
+    vector /= scheme.step
+    np.rint(vector, out=vector)  # q
+    vector *= weight_units / scheme.levels
+    np.rint(vector, out=vector)  # c
+    fields = np.zeros(-(-vector.size // _VALUES_PER_SLOT) * _VALUES_PER_SLOT)
+    fields[: vector.size] = vector
+    # One row per slot: (real, imaginary) words of (high, low) fields each.
+    quads = fields.reshape(-1, 2, 2)
+    slots = np.empty(len(quads) + 1, dtype=np.complex128)
+    words = slots.view(np.float64).reshape(-1, 2)
+    np.multiply(quads[:, :, 0], float(1 << scheme.field_bits), out=words[:-1])
+    words[:-1] += quads[:, :, 1]
+    words[-1] = (weight_units, 0)
+    return slots
 
 
-def _pack(values: npt.NDArray[np.int64], scheme: Quantization) -> npt.NDArray[np.int64]:
-    pairs = values.reshape(-1, 2)
-    return (pairs[:, 0] << scheme.field_bits) | pairs[:, 1]
+def _require_within_clip(vector: npt.NDArray[np.float64], scheme: Quantization) -> None:
+    if max(vector.max(), -vector.min()) <= scheme.clip:
+        return
+    index = int(np.argmax(np.abs(vector)))
+    raise ValueRangeError(
+        f"values[{index}] = {vector[index]} lies outside the quantization range "
+        f"[-{scheme.clip}, {scheme.clip}]: the study's protocol must allow a wider clip"
+    )
 
 
-def _unpack(words: npt.NDArray[np.int64], scheme: Quantization) -> npt.NDArray[np.int64]:
-    high = words >> scheme.field_bits
-    if (high >> scheme.field_bits).any():
+def _unpack(words: npt.NDArray[np.float64], scheme: Quantization) -> npt.NDArray[np.float64]:
+    """Each word's (high, low) fields, in order; refuses a word wider than two fields.
+
+    Words are non-negative integers below 2**53, so float64 splits them exactly (with the rest
+    of decoding in place, 2.5 ms per million values against 15 ms through int64).
+    """
+    field_size = float(1 << scheme.field_bits)
+    if words.max() >= field_size * field_size:
         raise DecryptionError(
             "a decrypted word holds more than two fields: this is not a sum of this study's "
             "packed updates"
         )
-    low = words & ((1 << scheme.field_bits) - 1)
-    return np.column_stack((high, low)).reshape(-1)
+    fields = np.empty((words.size, 2))
+    high, low = fields[:, 0], fields[:, 1]
+    np.floor(np.divide(words, field_size, out=high), out=high)
+    np.subtract(words, high * field_size, out=low)
+    return fields.reshape(-1)
 
 
-def _integers(decrypted: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+def _integers(decrypted: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``decrypted`` rounded to the non-negative integers it must lie within NOISE_MARGIN of."""
     rounded = np.rint(decrypted)
-    distance = np.abs(decrypted - rounded)
-    worst = int(np.argmax(distance))
-    if distance[worst] > NOISE_MARGIN or rounded.min() < 0:
+    distance = np.subtract(decrypted, rounded)
+    np.abs(distance, out=distance)
+    if distance.max() > NOISE_MARGIN or rounded.min() < 0:
+        worst = int(np.argmax(np.where(rounded < 0, np.inf, distance)))
         raise DecryptionError(
             f"word {worst} decrypted to {decrypted[worst]}, not a non-negative integer within "
             f"{NOISE_MARGIN}: the noise is too large, or this is not a sum of packed updates"
         )
-    return rounded.astype(np.int64)
+    return rounded
 
 
 def _slot_sizes(length: int, *, slot_count: int) -> list[int]:

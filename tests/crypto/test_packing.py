@@ -231,6 +231,30 @@ def test_a_slot_that_is_no_integer_fails_decryption(secret: SecretContext) -> No
         decrypt_packed_mean(secret, update)
 
 
+@pytest.mark.parametrize(
+    ("slots", "message"),
+    [
+        ([1 + 0j, -2 + 0j, 1 + 0j], r"word 2 decrypted to -2\.0\d*, not a non-negative integer"),
+        ([2.0**42 + 0j, 1 + 0j], "more than two fields"),
+        ([1 + 0j, 1 + 1j], r"weight slot is 1 \+ 1i"),
+        ([1 + 0j, 0j], r"weight slot is 0 \+ 0i"),
+    ],
+)
+def test_integer_slots_no_packed_sum_can_hold_fail_decryption(
+    secret: SecretContext, slots: list[complex], message: str
+) -> None:
+    # Forged ciphertexts of this study: whole numbers, but no sum of packed updates makes them.
+    (forged,) = _backend.encrypt_seeded(secret.tenseal_context, [np.array(slots)])
+    update = PackedUpdate(
+        fingerprint=secret.fingerprint,
+        length=4 * (len(slots) - 1),
+        quantization=SCHEME,
+        chunks=(forged,),
+    )
+    with pytest.raises(DecryptionError, match=message):
+        decrypt_packed_mean(secret, update)
+
+
 def test_a_tampered_ciphertext_fails_decryption(secret: SecretContext) -> None:
     # CKKS is malleable: altered bytes still parse. Unpacked, they would decrypt to wrong values;
     # packed, the slots are no longer integers and decryption says so.
