@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Context,
+    Message,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from hospitals import wire
@@ -50,7 +58,7 @@ def _handle(
     node = NodeSettings.from_node_config(context.node_config)
     if node.cpu_threads is not None:
         torch.set_num_threads(node.cpu_threads)
-    identity = ConfigRecord({"hospital": node.hospital})
+    identity: dict[str, ConfigRecordValues] = {"hospital": node.hospital}
     try:
         request = round_request(msg)
         # The protocol hash, accountant and ε conversion this node acted under, so nodes can be
@@ -65,13 +73,14 @@ def _handle(
         node_logger(node).warning("round refused (%s): %s", refusal.code, refusal.reason)
         content = _refusal(refusal.code, refusal.reason)
         if refusal.evaluation is not None:
-            content[wire.EVAL_REPORT] = eval_report(refusal.evaluation)
+            content[wire.REPORT] = ConfigRecord(eval_section(refusal.evaluation))
     except Exception:
         node_logger(node).exception("round failed")
         content = _refusal(
             "internal-error", f"the node failed; see {node.log_path.name} at the node"
         )
-    content[wire.IDENTITY] = identity
+    sections = content.config_records.get(wire.REPORT) or ConfigRecord()
+    content[wire.REPORT] = ConfigRecord({**identity, **sections})
     return Message(content, reply_to=msg)
 
 
@@ -114,38 +123,39 @@ def round_request(msg: Message) -> RoundRequest:
 def _train_reply(outcome: TrainOutcome) -> tuple[RecordDict, str]:
     step = outcome.step
     blob = outcome.update
+    spent: dict[str, ConfigRecordValues] = {
+        "epsilon": outcome.run_epsilon,
+        "noise_multiplier": step.noise_multiplier,
+        "sample_rate": step.sample_rate,
+        "steps": step.steps,
+        "delta": step.delta,
+        "rows_rounded": outcome.rows_rounded,
+        "train_seconds": outcome.train_seconds,
+    }
+    report = {wire.TRAIN_SECTION + key: value for key, value in spent.items()}
+    if outcome.evaluation is not None:
+        report |= eval_section(outcome.evaluation)
     content = RecordDict(
         {
             wire.UPDATE: ArrayRecord(
                 {wire.BLOB: Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)}
             ),
-            wire.TRAIN_REPORT: MetricRecord(
-                {
-                    "epsilon": outcome.run_epsilon,
-                    "noise_multiplier": step.noise_multiplier,
-                    "sample_rate": step.sample_rate,
-                    "steps": step.steps,
-                    "delta": step.delta,
-                    "rows_rounded": outcome.rows_rounded,
-                    "train_seconds": outcome.train_seconds,
-                }
-            ),
+            wire.REPORT: ConfigRecord(report),
         }
     )
-    if outcome.evaluation is not None:
-        content[wire.EVAL_REPORT] = eval_report(outcome.evaluation)
     return content, outcome.consent
 
 
 def _evaluate_reply(outcome: EvaluationOutcome) -> tuple[RecordDict, str]:
-    return RecordDict({wire.EVAL_REPORT: eval_report(outcome)}), outcome.consent
+    return RecordDict({wire.REPORT: ConfigRecord(eval_section(outcome))}), outcome.consent
 
 
-def eval_report(outcome: EvaluationOutcome) -> MetricRecord:
+def eval_section(outcome: EvaluationOutcome) -> dict[str, ConfigRecordValues]:
+    """The report's EVAL_SECTION: the received model's published metrics and rows, rounded."""
     published = ("loss", "accuracy", "roc_auc")  # not the exact held-out count
     values = outcome.metrics.to_dict()
-    metrics: dict[str, int | float | list[int] | list[float]] = {
+    metrics: dict[str, ConfigRecordValues] = {
         key: float(value) for key in published if (value := values[key]) is not None
     }
     metrics["rows_rounded"] = outcome.rows_rounded
-    return MetricRecord(metrics)
+    return {wire.EVAL_SECTION + key: value for key, value in metrics.items()}

@@ -86,7 +86,7 @@ def train_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDi
         evaluation=evaluation,
     )
     content, consent = _train_reply(outcome)
-    content.metric_records[wire.TRAIN_REPORT][plain.ROWS] = len(prepared.train)
+    content.config_records[wire.REPORT][plain.ROWS] = len(prepared.train)
     return content, consent
 
 

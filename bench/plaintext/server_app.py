@@ -117,7 +117,7 @@ def plaintext_update(reply: Reply, names: HospitalNames, round_number: int) -> P
     if reason:
         raise RunFailedError(f"round {round_number}: {hospital} {reason}")
     blob = blob_of(reply.message, wire.UPDATE)
-    report = reply.message.content.metric_records[wire.TRAIN_REPORT]
+    report = reply.message.content.config_records[wire.REPORT]
     return PlaintextUpdate(
         node_id=reply.node_id,
         parameters=plain.from_bytes(blob),

@@ -9,8 +9,9 @@ import numpy as np
 import numpy.typing as npt
 
 DTYPE = np.float32
-# The exact training rows, added to the train report: the mean's weight, which HE keeps hidden.
-ROWS = "rows"
+# The exact training rows, added to the report's training section (wire.TRAIN_SECTION): the
+# mean's weight, which HE keeps hidden.
+ROWS = "train.rows"
 
 
 def to_bytes(values: npt.NDArray[np.floating[Any]]) -> bytes:

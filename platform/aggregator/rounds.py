@@ -24,7 +24,6 @@ from flwr.app import (
     ConfigRecord,
     ConfigRecordValues,
     Message,
-    MetricRecord,
     RecordDict,
 )
 from flwr.serverapp import Grid
@@ -112,8 +111,8 @@ class HospitalNames:
     def learn(self, reply: Reply) -> None:
         # An error reply (a node killed mid-round) has no content to read a name from.
         message = reply.message
-        if not message.has_error() and wire.IDENTITY in message.content.config_records:
-            name = message.content.config_records[wire.IDENTITY].get("hospital")
+        if not message.has_error() and wire.REPORT in message.content.config_records:
+            name = message.content.config_records[wire.REPORT].get("hospital")
             if isinstance(name, str) and name:
                 self._names[reply.node_id] = name
 
@@ -291,12 +290,10 @@ def round_content(
     }
     if weight_unit is not None:
         round_config["weight_unit"] = weight_unit
-    records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
-        wire.ROUND_CONFIG: ConfigRecord(round_config)
-    }
+    content = RecordDict({wire.ROUND_CONFIG: ConfigRecord(round_config)})
     if global_state is not None:
-        records[wire.GLOBAL_STATE] = blob_record(global_state)
-    return RecordDict(records)
+        content[wire.GLOBAL_STATE] = blob_record(global_state)
+    return content
 
 
 def blob_record(blob: bytes) -> ArrayRecord:
@@ -467,21 +464,24 @@ def parse_contribution(reply: Reply, hospital: str, config: AggregatorConfig) ->
 
 def hospital_round(message: Message, hospital: str, *, bytes_up: int) -> HospitalRound:
     """What a hospital's train reply reports of its round, as published."""
-    report = message.content.metric_records[wire.TRAIN_REPORT]
-    identity = message.content.config_records[wire.IDENTITY]
+    report = message.content.config_records[wire.REPORT]
+
+    def spent(key: str) -> float:
+        return number(report, wire.TRAIN_SECTION + key)
+
     return HospitalRound(
         hospital=hospital,
-        epsilon=number(report, "epsilon"),
-        noise_multiplier=number(report, "noise_multiplier"),
-        sample_rate=number(report, "sample_rate"),
-        steps=int(number(report, "steps")),
-        delta=number(report, "delta"),
-        accountant=str(identity.get("accountant", "")),
-        epsilon_conversion=str(identity.get("epsilon_conversion", "")),
-        consent=str(identity.get("consent", "")),
-        rows_rounded=int(number(report, "rows_rounded")),
+        epsilon=spent("epsilon"),
+        noise_multiplier=spent("noise_multiplier"),
+        sample_rate=spent("sample_rate"),
+        steps=int(spent("steps")),
+        delta=spent("delta"),
+        accountant=str(report.get("accountant", "")),
+        epsilon_conversion=str(report.get("epsilon_conversion", "")),
+        consent=str(report.get("consent", "")),
+        rows_rounded=int(spent("rows_rounded")),
         bytes_up=bytes_up,
-        train_seconds=number(report, "train_seconds"),
+        train_seconds=spent("train_seconds"),
     )
 
 
@@ -503,21 +503,24 @@ def require_quorum(
 def parse_evaluation(reply: Message, hospital: str) -> Evaluation | None:
     """A hospital's evaluation, or None when its report is missing or unusable (it then counts
     for nothing). A hospital that declined to train may still have evaluated the model."""
-    if reply.has_error() or wire.EVAL_REPORT not in reply.content.metric_records:
+    rows_key = wire.EVAL_SECTION + "rows_rounded"
+    if reply.has_error() or wire.REPORT not in reply.content.config_records:
         return None
-    report = reply.content.metric_records[wire.EVAL_REPORT]
+    report = reply.content.config_records[wire.REPORT]
+    if rows_key not in report:
+        return None
     try:
         metrics: dict[str, float | None] = {
-            key: number(report, key) for key in report if key != "rows_rounded"
+            key.removeprefix(wire.EVAL_SECTION): number(report, key)
+            for key in report
+            if key.startswith(wire.EVAL_SECTION) and key != rows_key
         }
-        return Evaluation(
-            hospital=hospital, rows=int(number(report, "rows_rounded")), metrics=metrics
-        )
+        return Evaluation(hospital=hospital, rows=int(number(report, rows_key)), metrics=metrics)
     except ValueError:
         return None
 
 
-def number(record: MetricRecord, key: str) -> float:
+def number(record: ConfigRecord, key: str) -> float:
     """A finite number a hospital reported; anything else is a malformed reply."""
     value = record.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -19,9 +19,14 @@ GLOBAL_STATE: Final = (
 
 # Sent back by hospitals.
 UPDATE: Final = "update"  # ArrayRecord: the hospital's encrypted weighted model and weight
-TRAIN_REPORT: Final = "train-report"  # MetricRecord: ε, DP parameters, rows (rounded), seconds
-EVAL_REPORT: Final = "eval-report"  # MetricRecord: the received model's loss, accuracy, AUC, rows
-IDENTITY: Final = "identity"  # ConfigRecord: hospital name, protocol hash, accountant
+# ConfigRecord: who replied and under what (hospital name, protocol hash, accountant, ε
+# conversion, consent basis), then, keys prefixed by section, what its training spent
+# (TRAIN_SECTION: ε, DP parameters, rows rounded, seconds) and how the model it received scored
+# (EVAL_SECTION: loss, accuracy, AUC, rows rounded). One record, not three: Flower sends each
+# record of a reply as an object of its own, in one HTTP request on each of three hops.
+REPORT: Final = "report"
+TRAIN_SECTION: Final = "train."
+EVAL_SECTION: Final = "eval."
 REFUSAL: Final = "refusal"  # ConfigRecord: code and reason when a hospital declines a round
 
 BLOB: Final = "bytes"  # the single raw Array inside UPDATE and GLOBAL_STATE

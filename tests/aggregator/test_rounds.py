@@ -74,11 +74,11 @@ def test_every_hospital_contributes_and_all_decrypt_the_same_model(make_consorti
 def evaluated_losses(grid: InProcessGrid, message_type: str, round_number: int) -> list[float]:
     """The losses hospitals reported in their replies to one round's messages of a type."""
     return sorted(
-        reply.content.metric_records[wire.EVAL_REPORT]["loss"]
+        reply.content.config_records[wire.REPORT][wire.EVAL_SECTION + "loss"]
         for reply in grid.received
         if reply.metadata.message_type == message_type
         and reply.metadata.group_id == str(round_number)
-        and wire.EVAL_REPORT in reply.content.metric_records
+        and wire.EVAL_SECTION + "loss" in reply.content.config_records[wire.REPORT]
     )
 
 

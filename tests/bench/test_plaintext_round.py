@@ -66,7 +66,7 @@ def run_plaintext(
 
 
 def train_replies(grid: InProcessGrid) -> list[Message]:
-    return [m for m in grid.received if wire.TRAIN_REPORT in m.content.metric_records]
+    return [m for m in grid.received if wire.UPDATE in m.content.array_records]
 
 
 def model_of(train_reply: RecordDict) -> npt.NDArray[np.float32]:
@@ -83,7 +83,7 @@ def test_the_global_model_is_the_row_weighted_mean_of_the_hospitals_models(
 
     replies = train_replies(grid)
     models = [model_of(m.content) for m in replies]
-    rows = [m.content.metric_records[wire.TRAIN_REPORT][plain.ROWS] for m in replies]
+    rows = [m.content.config_records[wire.REPORT][plain.ROWS] for m in replies]
     assert len(replies) == 3 and len(set(rows)) > 1  # unequal weights, so weighting shows
     expected = np.average(np.stack(models), axis=0, weights=rows).astype(np.float32)
     for hospital in ("hospital-a", "hospital-b", "hospital-c"):

@@ -40,7 +40,7 @@ def test_train_and_evaluate_replies_carry_consent_and_conversion(make_consortium
         reply = ask(consortium, message_type)
 
         assert wire.REFUSAL not in reply.content.config_records
-        identity = reply.content.config_records[wire.IDENTITY]
+        identity = reply.content.config_records[wire.REPORT]
         assert identity["consent"] == f"waived: {DEMO_CONSENT_WAIVER}"
         assert identity["epsilon_conversion"] == "rdp-balle2020"
         assert identity["accountant"] == "rdp"
@@ -56,7 +56,7 @@ def test_a_node_without_consent_refuses_and_publishes_no_consent(make_consortium
 
     refusal = reply.content.config_records[wire.REFUSAL]
     assert refusal["code"] == "consent-unavailable"
-    identity = reply.content.config_records[wire.IDENTITY]
+    identity = reply.content.config_records[wire.REPORT]
     assert "consent" not in identity
     assert identity["epsilon_conversion"] == "rdp-balle2020"
 
@@ -70,3 +70,22 @@ def test_a_task_trains_with_the_threads_its_node_config_gives(make_consortium):
         assert torch.get_num_threads() == threads + 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_reply_is_the_update_and_one_report(make_consortium):
+    # Flower sends each record as an object of its own, one request per hop: the facts a reply
+    # reports travel in one record.
+    consortium = make_consortium(rounds=1)
+
+    train = ask(consortium, wire.TRAIN)
+    evaluate = ask(consortium, wire.EVALUATE)
+
+    assert set(train.content) == {wire.UPDATE, wire.REPORT}
+    report = train.content.config_records[wire.REPORT]
+    assert report["hospital"] == consortium.hospitals[0].hospital
+    assert report[wire.TRAIN_SECTION + "steps"] > 0
+    assert 0 < report[wire.TRAIN_SECTION + "epsilon"] <= consortium.protocol.privacy.target_epsilon
+    assert set(evaluate.content) == {wire.REPORT}
+    evaluation = evaluate.content.config_records[wire.REPORT]
+    assert evaluation[wire.EVAL_SECTION + "rows_rounded"] > 0
+    assert 0 <= evaluation[wire.EVAL_SECTION + "roc_auc"] <= 1
