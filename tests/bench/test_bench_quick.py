@@ -42,3 +42,13 @@ def test_each_federation_case_measures_its_idle_cpu(quick_run: QuickRun):
     assert set(idle) == {"SuperNodes", "launchers", "SuperLink"}
     assert all(ms >= 0 for ms in idle.values())
     assert case["idle_node_ms_per_s"] >= 0
+
+
+def test_planning_figures_put_both_searches_in_the_target_band(quick_run: QuickRun):
+    plans = quick_run.figures("accounting")["planning"]
+    assert {plan["accountant"] for plan in plans} == {"rdp", "prv"}
+    for plan in plans:
+        band = (0.995 * plan["target_epsilon"], plan["target_epsilon"])
+        assert band[0] <= plan["cohort_epsilon"] <= band[1]
+        assert band[0] <= plan["opacus_epsilon"] <= band[1]
+        assert plan["cohort_seconds"] > 0 and plan["opacus_seconds"] > 0

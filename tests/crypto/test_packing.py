@@ -234,7 +234,7 @@ def test_a_slot_that_is_no_integer_fails_decryption(secret: SecretContext) -> No
 @pytest.mark.parametrize(
     ("slots", "message"),
     [
-        ([1 + 0j, -2 + 0j, 1 + 0j], r"word 2 decrypted to -2\.0\d*, not a non-negative integer"),
+        ([1 + 0j, -2 + 0j, 1 + 0j], r"word 2 decrypted to -[12]\.\d+, not a non-negative integer"),
         ([2.0**42 + 0j, 1 + 0j], "more than two fields"),
         ([1 + 0j, 1 + 1j], r"weight slot is 1 \+ 1i"),
         ([1 + 0j, 0j], r"weight slot is 0 \+ 0i"),

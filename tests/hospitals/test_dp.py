@@ -6,6 +6,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
+from opacus.accountants.utils import get_noise_multiplier
 from scipy.optimize import brentq
 from scipy.stats import norm
 from torch import nn
@@ -219,13 +220,13 @@ def test_planning_equal_inputs_again_does_not_ask_the_accountant_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     searches: list[dict[str, object]] = []
-    search = dp_module.get_noise_multiplier
+    search = dp_module.search_noise_multiplier
 
     def counted(**arguments: Any) -> float:
         searches.append(arguments)
-        return float(search(**arguments))
+        return search(**arguments)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(dp_module, "get_noise_multiplier", counted)
+    monkeypatch.setattr(dp_module, "search_noise_multiplier", counted)
 
     def plan(rounds: int) -> PrivacyStep:
         # Inputs no other test plans, and fresh (equal, not identical) settings every call.
@@ -241,6 +242,64 @@ def test_planning_equal_inputs_again_does_not_ask_the_accountant_again(
     assert len(searches) == 1
     assert plan(rounds=8).noise_multiplier > first.noise_multiplier  # more steps, more noise
     assert len(searches) == 2
+
+
+@pytest.mark.parametrize(
+    ("target_epsilon", "sample_rate", "total_steps"),
+    [(0.5, 0.01, 2000), (1.0, 1.0, 1), (3.0, 0.1, 250), (8.0, 0.5, 100), (30.0, 0.001, 10)],
+)
+def test_the_search_lands_in_the_band_where_opacus_does(
+    target_epsilon: float, sample_rate: float, total_steps: int
+) -> None:
+    dp = DpSettings(target_epsilon=target_epsilon, delta=DELTA, max_grad_norm=1.0)
+
+    sigma = dp_module.search_noise_multiplier(
+        dp=dp, sample_rate=sample_rate, total_steps=total_steps
+    )
+
+    planned = PrivacyStep(
+        sample_rate=sample_rate,
+        noise_multiplier=sigma,
+        steps=total_steps,
+        delta=DELTA,
+        accountant=Accountant.RDP,
+    )
+    epsilon = epsilon_of([planned], delta=DELTA, accountant=Accountant.RDP)
+    assert 0.995 * target_epsilon <= epsilon <= target_epsilon
+    opacus_sigma = get_noise_multiplier(
+        target_epsilon=target_epsilon,
+        target_delta=DELTA,
+        sample_rate=sample_rate,
+        steps=total_steps,
+        epsilon_tolerance=0.005 * target_epsilon,
+    )
+    assert sigma == pytest.approx(opacus_sigma, rel=0.01)
+
+
+def test_the_search_asks_for_a_third_of_the_epsilons_opacus_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dp = DpSettings(target_epsilon=3.0, delta=DELTA, max_grad_norm=1.0)
+    asked: list[str] = []
+    ours, opacus = dp_module.epsilon_of, RDPAccountant.get_epsilon
+
+    def our_epsilon(*arguments: Any, **keywords: Any) -> float:
+        asked.append("ours")
+        return ours(*arguments, **keywords)
+
+    def opacus_epsilon(self: RDPAccountant, *arguments: Any, **keywords: Any) -> float:
+        asked.append("opacus")
+        return opacus(self, *arguments, **keywords)
+
+    monkeypatch.setattr(dp_module, "epsilon_of", our_epsilon)
+    monkeypatch.setattr(RDPAccountant, "get_epsilon", opacus_epsilon)
+    dp_module.search_noise_multiplier(dp=dp, sample_rate=0.1, total_steps=250)
+    get_noise_multiplier(
+        target_epsilon=3.0, target_delta=DELTA, sample_rate=0.1, steps=250, epsilon_tolerance=0.015
+    )
+
+    assert asked.count("ours") * 3 <= asked.count("opacus")
+    assert asked.count("ours") <= 4
 
 
 def test_published_mnist_figure_is_reproduced() -> None:
