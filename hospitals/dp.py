@@ -43,6 +43,9 @@ _CPU = torch.device("cpu")
 _PLANNING_RELATIVE_TOLERANCE = 0.005
 # Accountant evaluations a plan may take before it gives up; plans here take 3 to 6.
 _PLANNING_MAX_EVALUATIONS = 60
+# Names the search below; a node's remembered plans (hospitals/plans.py) are keyed by it, so a
+# change of search never answers with a σ another search found.
+NOISE_SEARCH = "log-secant"
 # Where the search starts: above the σ of most studies, where every accountant is quick.
 _FIRST_SIGMA = 4.0
 # log(ε / target) beyond which an overspend only weighs as much (ε is infinite as σ nears 0).

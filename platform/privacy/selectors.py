@@ -38,7 +38,7 @@ CHART_POINTS = 24
 HEARTBEAT_HINT = "its IT runs `cohort-hospital heartbeat`, which reports both"
 
 
-# Planning bisects over the accountant (a second with PRV); the page and the start ask again
+# Planning searches the accountant (up to seconds with PRV); the page and the start ask again
 # for the same inputs, and the answer depends on nothing else.
 @lru_cache(maxsize=256)
 def _planned(
