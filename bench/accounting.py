@@ -26,6 +26,7 @@ from hospitals.dp import (
     classic_rdp_epsilon,
     epsilon_of,
     search_noise_multiplier,
+    spent_by,
 )
 
 DELTA = 1e-5
@@ -225,14 +226,7 @@ def plan_both(accountant: Accountant, study: tuple[float, float, int]) -> Plan:
     dp = DpSettings(target_epsilon=target, delta=DELTA, max_grad_norm=1.0, accountant=accountant)
 
     def epsilon_at(noise_multiplier: float) -> float:
-        step = PrivacyStep(
-            sample_rate=sample_rate,
-            noise_multiplier=noise_multiplier,
-            steps=steps,
-            delta=DELTA,
-            accountant=accountant,
-        )
-        return epsilon_of([step], delta=DELTA, accountant=accountant)
+        return spent_by(dp, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
 
     started = time.perf_counter()
     ours = search_noise_multiplier(dp=dp, sample_rate=sample_rate, total_steps=steps)

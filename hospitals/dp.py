@@ -281,16 +281,10 @@ def search_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: 
         evaluations += 1
         if evaluations > _PLANNING_MAX_EVALUATIONS:
             raise ValueError(f"no σ found in {_PLANNING_MAX_EVALUATIONS} evaluations of ε")
-        step = PrivacyStep(
-            sample_rate=sample_rate,
-            noise_multiplier=math.exp(log_sigma),
-            steps=total_steps,
-            delta=dp.delta,
-            accountant=dp.accountant,
-        )
-        epsilon = epsilon_of([step], delta=dp.delta, accountant=dp.accountant)
+        sigma = math.exp(log_sigma)
+        epsilon = spent_by(dp, noise_multiplier=sigma, sample_rate=sample_rate, steps=total_steps)
         if math.isnan(epsilon):
-            raise ValueError(f"the accountant's ε is NaN at σ = {step.noise_multiplier:g}")
+            raise ValueError(f"the accountant's ε is NaN at σ = {sigma:g}")
         # Capped, so that an infinite ε (σ near 0) still weighs as a finite overspend.
         return min(math.log(epsilon / dp.target_epsilon), _MAX_LOG_EXCESS)
 
@@ -335,6 +329,18 @@ def search_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: 
         else:
             high, high_value = point, value - aim
         previous, latest = latest, (point, value - aim)
+
+
+def spent_by(dp: DpSettings, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+    """ε of `steps` steps at (σ, q), at `dp`'s δ and by its accountant: what a plan spends."""
+    step = PrivacyStep(
+        sample_rate=sample_rate,
+        noise_multiplier=noise_multiplier,
+        steps=steps,
+        delta=dp.delta,
+        accountant=dp.accountant,
+    )
+    return epsilon_of([step], delta=dp.delta, accountant=dp.accountant)
 
 
 def _secant_root(a: tuple[float, float], b: tuple[float, float]) -> float:

@@ -257,14 +257,9 @@ def test_the_search_lands_in_the_band_where_opacus_does(
         dp=dp, sample_rate=sample_rate, total_steps=total_steps
     )
 
-    planned = PrivacyStep(
-        sample_rate=sample_rate,
-        noise_multiplier=sigma,
-        steps=total_steps,
-        delta=DELTA,
-        accountant=Accountant.RDP,
+    epsilon = dp_module.spent_by(
+        dp, noise_multiplier=sigma, sample_rate=sample_rate, steps=total_steps
     )
-    epsilon = epsilon_of([planned], delta=DELTA, accountant=Accountant.RDP)
     assert 0.995 * target_epsilon <= epsilon <= target_epsilon
     opacus_sigma = get_noise_multiplier(
         target_epsilon=target_epsilon,
