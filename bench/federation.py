@@ -78,6 +78,8 @@ QUICK_IDLE_WINDOW_S = 2.0
 # can be during the window (the final evaluation's tasks): none runs while idle, so tasks are out.
 IDLE_NODE_PARTS = ("SuperNodes", "launchers")
 IDLE_PARTS = (*IDLE_NODE_PARTS, "SuperLink")
+# The parts whose CPU the HE vs plaintext comparison shows side by side (launchers barely work).
+COMPARED_CPU_PARTS = ("SuperNodes", "ClientApp tasks", "SuperLink")
 
 
 @dataclass(frozen=True)
@@ -294,10 +296,13 @@ class ScaleResult:
 
 @dataclass(frozen=True)
 class ComparisonPair:
-    """The same study's rounds under HE and, right after, in the clear (bench/plaintext)."""
+    """The same study's rounds under HE and, right after, in the clear (bench/plaintext), with
+    each run's CPU seconds per round by part (cpu_by_part, steady rounds: CpuMarks.steady)."""
 
     he: list[dict[str, Any]]
     plaintext: list[dict[str, Any]]
+    he_cpu: dict[str, float] = field(default_factory=dict)
+    plaintext_cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -311,9 +316,13 @@ class ComparisonPair:
                 side: {
                     "median_round_s": steady_median(rounds, "seconds"),
                     "median_slowest_train_s": steady_median(rounds, "slowest_train_s"),
+                    "cpu_s_per_round": cpu,
                     "rounds": rounds,
                 }
-                for side, rounds in (("he", self.he), ("plaintext", self.plaintext))
+                for side, rounds, cpu in (
+                    ("he", self.he, self.he_cpu),
+                    ("plaintext", self.plaintext, self.plaintext_cpu),
+                )
             },
         }
 
@@ -340,6 +349,11 @@ class Comparison:
         values = [steady_median(getattr(pair, side), key) for pair in self.pairs]
         present = [value for value in values if value is not None]
         return statistics.median(present) if present else None
+
+    def median_cpu_over_pairs(self, side: str, part: str) -> float | None:
+        """The median over pairs of one side's CPU seconds per round of `part`."""
+        values = [cpu[part] for pair in self.pairs if part in (cpu := getattr(pair, f"{side}_cpu"))]
+        return statistics.median(values) if values else None
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -531,22 +545,25 @@ def compare(workdir: Path, case: ComparisonCase) -> Comparison:
     )
     protocol = consortium.protocol
 
-    def rounds_of(
+    def run_of(
         federation: LocalFederation, app_dir: Path, results_path: Path
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
         request = study_request(consortium, results_path)
-        return round_figures(run_app(federation, request, app_dir=app_dir))
+        marks = CpuMarks(federation)
+        rounds = round_figures(
+            run_app(federation, request, app_dir=app_dir, on_event=marks.on_event)
+        )
+        marks.finish()
+        return rounds, marks.steady(len(rounds), steady_median(rounds, "seconds")).per_round
 
     with plaintext.loadable(), started(workdir, consortium) as federation:
-        pairs = [
-            ComparisonPair(
-                he=rounds_of(federation, APP_DIR, workdir / f"he-{pair}.jsonl"),
-                plaintext=rounds_of(
-                    federation, plaintext.APP_DIR, workdir / f"plaintext-{pair}.jsonl"
-                ),
+        pairs = []
+        for pair in range(case.pairs):
+            he, he_cpu = run_of(federation, APP_DIR, workdir / f"he-{pair}.jsonl")
+            clear, clear_cpu = run_of(
+                federation, plaintext.APP_DIR, workdir / f"plaintext-{pair}.jsonl"
             )
-            for pair in range(case.pairs)
-        ]
+            pairs.append(ComparisonPair(he, clear, he_cpu=he_cpu, plaintext_cpu=clear_cpu))
     return Comparison(
         case=case,
         parameters=parameter_count(
@@ -745,6 +762,11 @@ def overhead_plot(results: list[ScaleResult]) -> Figure:
     return figure
 
 
+def _cpu_pair(comparison: Comparison, part: str) -> str | None:
+    he, clear = (comparison.median_cpu_over_pairs(side, part) for side in ("he", "plaintext"))
+    return None if he is None or clear is None else f"{he:.2f} / {clear:.2f}"
+
+
 def comparison_table(comparison: Comparison) -> Table:
     sides = ("he", "plaintext")
     first = comparison.pairs[0]
@@ -765,6 +787,7 @@ def comparison_table(comparison: Comparison) -> Table:
             "plaintext slowest train s",
             "HE update MiB",
             "plaintext update MiB",
+            *(f"{part} CPU s / round: HE / plaintext" for part in COMPARED_CPU_PARTS),
         ],
         rows=[
             [
@@ -780,6 +803,7 @@ def comparison_table(comparison: Comparison) -> Table:
                     for side in sides
                 ),
                 *(_rounded(None if b is None else b / MIB, 4) for b in update_bytes),
+                *(_cpu_pair(comparison, part) for part in COMPARED_CPU_PARTS),
             ]
         ],
         notes=[
@@ -794,6 +818,10 @@ def comparison_table(comparison: Comparison) -> Table:
             "(which also waits for processes to start) and the last (which also holds the final "
             "evaluation); each pair's ratio divides its two medians, and the table shows the "
             "median over pairs, with the pairs' lowest and highest ratio.",
+            "CPU s / round: each run's CPU per steady round of every hospital's SuperNode, of "
+            "their ClientApp tasks and of the SuperLink, the median over pairs: where the HE "
+            "round's extra time goes. The ServerApp, which sums the ciphertexts, is not counted "
+            "(the he suite times that sum).",
             "The issue's case is the full run's: 10 hospitals, about 1M parameters. In the quick "
             "run the model is tiny and HE's share of a round is small beside messaging and "
             "process start-up, so its ratio says little.",

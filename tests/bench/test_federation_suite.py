@@ -179,8 +179,13 @@ def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
         seconds = (9.0, steady_s, steady_s, 20.0)
         return [{"seconds": s, "slowest_train_s": 1.0, "update_bytes": 2**20} for s in seconds]
 
+    def cpu(tasks_s: float) -> dict[str, float]:
+        return {"SuperNodes": 1.0, "launchers": 0.1, "ClientApp tasks": tasks_s, "SuperLink": 0.5}
+
     pairs = [
-        federation.ComparisonPair(he=rounds(he), plaintext=rounds(clear))
+        federation.ComparisonPair(
+            he=rounds(he), plaintext=rounds(clear), he_cpu=cpu(he / 2), plaintext_cpu=cpu(1.0)
+        )
         for he, clear in [(6.0, 4.0), (5.0, 4.0), (4.4, 4.0)]
     ]
     case = federation.ComparisonCase(hospitals=10, rounds=4, hidden=(8,), pairs=3)
@@ -193,6 +198,9 @@ def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
     assert row["HE / plaintext"] == 1.25
     assert row["HE / plaintext min–max"] == "1.10–1.50"
     assert comparison.figures()["ratio_min"] == pytest.approx(1.1)
+    assert row["ClientApp tasks CPU s / round: HE / plaintext"] == "2.50 / 1.00"
+    assert row["SuperLink CPU s / round: HE / plaintext"] == "0.50 / 0.50"
+    assert comparison.figures()["pairs"][0]["he"]["cpu_s_per_round"]["ClientApp tasks"] == 3.0
 
 
 def test_each_nodes_budget_allows_every_study_a_comparison_runs(tmp_path):
