@@ -301,8 +301,8 @@ class ComparisonPair:
 
     he: list[dict[str, Any]]
     plaintext: list[dict[str, Any]]
-    he_cpu: dict[str, float] = field(default_factory=dict)
-    plaintext_cpu: dict[str, float] = field(default_factory=dict)
+    he_cpu: dict[str, float]
+    plaintext_cpu: dict[str, float]
 
     @property
     def ratio(self) -> float | None:
