@@ -295,18 +295,24 @@ class ScaleResult:
 
 
 @dataclass(frozen=True)
-class ComparisonPair:
-    """The same study's rounds under HE and, right after, in the clear (bench/plaintext), with
-    each run's CPU seconds per round by part (cpu_by_part, steady rounds: CpuMarks.steady)."""
+class StudyRun:
+    """One study's reported rounds and its parts' CPU over its steady rounds (CpuMarks.steady)."""
 
-    he: list[dict[str, Any]]
-    plaintext: list[dict[str, Any]]
-    he_cpu: dict[str, float]
-    plaintext_cpu: dict[str, float]
+    rounds: list[dict[str, Any]]  # round_figures
+    cpu: CpuWindow
+
+
+@dataclass(frozen=True)
+class ComparisonPair:
+    """The same study under HE and, right after, in the clear (bench/plaintext)."""
+
+    he: StudyRun
+    plaintext: StudyRun
 
     @property
     def ratio(self) -> float | None:
-        he, clear = steady_median(self.he, "seconds"), steady_median(self.plaintext, "seconds")
+        he = steady_median(self.he.rounds, "seconds")
+        clear = steady_median(self.plaintext.rounds, "seconds")
         return None if he is None or not clear else he / clear
 
     def figures(self) -> dict[str, Any]:
@@ -314,15 +320,12 @@ class ComparisonPair:
             "ratio": self.ratio,
             **{
                 side: {
-                    "median_round_s": steady_median(rounds, "seconds"),
-                    "median_slowest_train_s": steady_median(rounds, "slowest_train_s"),
-                    "cpu_s_per_round": cpu,
-                    "rounds": rounds,
+                    "median_round_s": steady_median(run.rounds, "seconds"),
+                    "median_slowest_train_s": steady_median(run.rounds, "slowest_train_s"),
+                    "cpu_s_per_round": run.cpu.per_round,
+                    "rounds": run.rounds,
                 }
-                for side, rounds, cpu in (
-                    ("he", self.he, self.he_cpu),
-                    ("plaintext", self.plaintext, self.plaintext_cpu),
-                )
+                for side, run in (("he", self.he), ("plaintext", self.plaintext))
             },
         }
 
@@ -346,13 +349,15 @@ class Comparison:
 
     def median_over_pairs(self, side: str, key: str) -> float | None:
         """The median over pairs of one side's steady median of `key`."""
-        values = [steady_median(getattr(pair, side), key) for pair in self.pairs]
+        values = [steady_median(getattr(pair, side).rounds, key) for pair in self.pairs]
         present = [value for value in values if value is not None]
         return statistics.median(present) if present else None
 
     def median_cpu_over_pairs(self, side: str, part: str) -> float | None:
         """The median over pairs of one side's CPU seconds per round of `part`."""
-        values = [cpu[part] for pair in self.pairs if part in (cpu := getattr(pair, f"{side}_cpu"))]
+        values = [
+            cpu[part] for pair in self.pairs if part in (cpu := getattr(pair, side).cpu.per_round)
+        ]
         return statistics.median(values) if values else None
 
     def figures(self) -> dict[str, Any]:
@@ -440,6 +445,15 @@ def run_app(
     return outcome
 
 
+def measured_run(federation: LocalFederation, request: StudyRequest, *, app_dir: Path) -> StudyRun:
+    """`run_app`, with the CPU of each part of the deployment over the run's steady rounds."""
+    marks = CpuMarks(federation)
+    outcome = run_app(federation, request, app_dir=app_dir, on_event=marks.on_event)
+    marks.finish()
+    rounds = round_figures(outcome)
+    return StudyRun(rounds, marks.steady(len(rounds), round_s=steady_median(rounds, "seconds")))
+
+
 def round_figures(outcome: RunOutcome) -> list[dict[str, Any]]:
     per_round = []
     for event in outcome.rounds:
@@ -511,23 +525,20 @@ def measure(
                 for name, node in federation.supernodes.items()
             }
         )
-        marks = CpuMarks(federation)
         sampler.start()
         try:
-            outcome = run_app(federation, request, app_dir=APP_DIR, on_event=marks.on_event)
+            study = measured_run(federation, request, app_dir=APP_DIR)
         finally:
             sampler.stop()
-        marks.finish()
         idle = idle_cpu(federation, window_s=idle_window_s)
-    reported = round_figures(outcome)
     return ScaleResult(
         hospitals=hospitals,
-        rounds=reported,
+        rounds=study.rounds,
         peak_rss_mib={name: rss / MIB for name, rss in sorted(sampler.peaks.items())},
         memory_per_hospital_mib=(available_before - sampler.lowest_available) / hospitals / MIB,
         startup_s=startup_s,
         total_s=time.monotonic() - began,
-        cpu=marks.steady(len(reported), round_s=steady_median(reported, "seconds")),
+        cpu=study.cpu,
         idle_ms_per_s=idle,
     )
 
@@ -545,25 +556,17 @@ def compare(workdir: Path, case: ComparisonCase) -> Comparison:
     )
     protocol = consortium.protocol
 
-    def run_of(
-        federation: LocalFederation, app_dir: Path, results_path: Path
-    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-        request = study_request(consortium, results_path)
-        marks = CpuMarks(federation)
-        rounds = round_figures(
-            run_app(federation, request, app_dir=app_dir, on_event=marks.on_event)
-        )
-        marks.finish()
-        return rounds, marks.steady(len(rounds), steady_median(rounds, "seconds")).per_round
+    def study(federation: LocalFederation, app_dir: Path, results_path: Path) -> StudyRun:
+        return measured_run(federation, study_request(consortium, results_path), app_dir=app_dir)
 
     with plaintext.loadable(), started(workdir, consortium) as federation:
-        pairs = []
-        for pair in range(case.pairs):
-            he, he_cpu = run_of(federation, APP_DIR, workdir / f"he-{pair}.jsonl")
-            clear, clear_cpu = run_of(
-                federation, plaintext.APP_DIR, workdir / f"plaintext-{pair}.jsonl"
+        pairs = [
+            ComparisonPair(
+                he=study(federation, APP_DIR, workdir / f"he-{pair}.jsonl"),
+                plaintext=study(federation, plaintext.APP_DIR, workdir / f"plaintext-{pair}.jsonl"),
             )
-            pairs.append(ComparisonPair(he, clear, he_cpu=he_cpu, plaintext_cpu=clear_cpu))
+            for pair in range(case.pairs)
+        ]
     return Comparison(
         case=case,
         parameters=parameter_count(
@@ -770,7 +773,7 @@ def _cpu_pair(comparison: Comparison, part: str) -> str | None:
 def comparison_table(comparison: Comparison) -> Table:
     sides = ("he", "plaintext")
     first = comparison.pairs[0]
-    update_bytes = [steady_median(getattr(first, side), "update_bytes") for side in sides]
+    update_bytes = [steady_median(getattr(first, side).rounds, "update_bytes") for side in sides]
     ratios = comparison.ratios
     return Table(
         title="HE round vs plaintext round: the same study, with and without CKKS",

@@ -179,13 +179,17 @@ def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
         seconds = (9.0, steady_s, steady_s, 20.0)
         return [{"seconds": s, "slowest_train_s": 1.0, "update_bytes": 2**20} for s in seconds]
 
-    def cpu(tasks_s: float) -> dict[str, float]:
-        return {"SuperNodes": 1.0, "launchers": 0.1, "ClientApp tasks": tasks_s, "SuperLink": 0.5}
+    def run(steady_s: float, tasks_cpu_s: float) -> federation.StudyRun:
+        cpu_s = {
+            "SuperNodes": 1.0,
+            "launchers": 0.1,
+            "ClientApp tasks": tasks_cpu_s,
+            "SuperLink": 0.5,
+        }
+        return federation.StudyRun(rounds(steady_s), federation.CpuWindow(cpu_s, rounds=1))
 
     pairs = [
-        federation.ComparisonPair(
-            he=rounds(he), plaintext=rounds(clear), he_cpu=cpu(he / 2), plaintext_cpu=cpu(1.0)
-        )
+        federation.ComparisonPair(he=run(he, he / 2), plaintext=run(clear, 1.0))
         for he, clear in [(6.0, 4.0), (5.0, 4.0), (4.4, 4.0)]
     ]
     case = federation.ComparisonCase(hospitals=10, rounds=4, hidden=(8,), pairs=3)
