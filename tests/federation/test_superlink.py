@@ -62,7 +62,9 @@ def test_install_changes_flowers_pull_handler_link_states_and_middleware(monkeyp
     uvicorns_handle_exit = uvicorn.Server.handle_exit
     monkeypatch.setattr(uvicorn.Server, "handle_exit", uvicorns_handle_exit)
     monkeypatch.setattr(uvicorn.Server, "main_loop", uvicorn.Server.main_loop)
-    monkeypatch.delattr(uvicorn.Server, "should_exit", raising=False)
+    # uvicorn.Server has no class-level should_exit; install() adds one. Set through
+    # monkeypatch, it is removed again after the test (a delattr of nothing records nothing).
+    monkeypatch.setattr(uvicorn.Server, "should_exit", False, raising=False)
 
     install()
     install()  # a second install changes nothing more

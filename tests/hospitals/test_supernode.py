@@ -97,7 +97,9 @@ def test_the_clock_lends_the_rest_of_the_time_module():
 def test_install_changes_only_flowers_supernode_loop_task_handler_state_and_ticks(monkeypatch):
     flowers_acquire = runtime_handlers.acquire_task
     monkeypatch.setattr(uvicorn.Server, "main_loop", uvicorn.Server.main_loop)
-    monkeypatch.delattr(uvicorn.Server, "should_exit", raising=False)
+    # uvicorn.Server has no class-level should_exit; install() adds one. Set through
+    # monkeypatch, it is removed again after the test (a delattr of nothing records nothing).
+    monkeypatch.setattr(uvicorn.Server, "should_exit", False, raising=False)
     monkeypatch.setitem(vars(supernode_loop), "time", time)
     monkeypatch.setitem(vars(supernode_loop), "pull_objects", supernode_loop.pull_objects)
     monkeypatch.setitem(vars(runtime_handlers), "acquire_task", flowers_acquire)
