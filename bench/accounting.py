@@ -20,6 +20,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from bench.core import SuiteResult, Table, Timing, time_it
 from hospitals.dp import (
     EPSILON_CONVERSIONS,
+    PLANNING_RELATIVE_TOLERANCE,
     Accountant,
     DpSettings,
     PrivacyStep,
@@ -49,7 +50,6 @@ PLANNED_STUDIES = (
 QUICK_PLANNED_STUDIES = 1
 # PRV plans take seconds each with either search: the full run plans the first three with it.
 PRV_PLANNED_STUDIES = 3
-PLANNING_TOLERANCE = 0.005  # the relative band under the target both searches must land in
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ def plan_both(accountant: Accountant, study: tuple[float, float, int]) -> Plan:
         sample_rate=sample_rate,
         steps=steps,
         accountant=accountant.value,
-        epsilon_tolerance=PLANNING_TOLERANCE * target,
+        epsilon_tolerance=PLANNING_RELATIVE_TOLERANCE * target,
     )
     opacus_seconds = time.perf_counter() - started
     return Plan(

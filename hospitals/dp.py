@@ -40,7 +40,7 @@ _CPU = torch.device("cpu")
 
 # Planning stops once ε is within this much below the target (relative), so the planned σ spends
 # between 99.5% and 100% of the budget whatever the target's magnitude.
-_PLANNING_RELATIVE_TOLERANCE = 0.005
+PLANNING_RELATIVE_TOLERANCE = 0.005
 # Accountant evaluations a plan may take before it gives up: 100 studies with ε from 0.5 to 30
 # and q from 0.001 to 1 took at most 11 here.
 _PLANNING_MAX_EVALUATIONS = 60
@@ -264,7 +264,7 @@ def _planned_noise_multiplier(dp: DpSettings, sample_rate: float, total_steps: i
 
 
 def search_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: int) -> float:
-    """The σ whose ε, by `epsilon_of`, lies within `_PLANNING_RELATIVE_TOLERANCE` below target.
+    """The σ whose ε, by `epsilon_of`, lies within `PLANNING_RELATIVE_TOLERANCE` below target.
 
     Opacus's `get_noise_multiplier` answers the same question by doubling σ from 20, then
     bisecting: 12 to 14 evaluations of ε for typical studies. ε falls with σ about as 1/σ, so this
@@ -288,7 +288,7 @@ def search_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: 
         # Capped, so that an infinite ε (σ near 0) still weighs as a finite overspend.
         return min(math.log(epsilon / dp.target_epsilon), _MAX_LOG_EXCESS)
 
-    close_enough = math.log1p(-_PLANNING_RELATIVE_TOLERANCE)
+    close_enough = math.log1p(-PLANNING_RELATIVE_TOLERANCE)
     # Aim at the middle of the accepted band [close_enough, 0], not its edge at 0: near the
     # answer an interpolation then lands inside the band, not just past it.
     aim = close_enough / 2
