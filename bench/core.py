@@ -9,7 +9,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,16 +35,27 @@ class Timing:
 
 def time_it(action: Callable[[], object], *, repeats: int, warmup: int = 1) -> Timing:
     """Run `action` `warmup` times unmeasured, then `repeats` times measured."""
+    return time_in_turns([action], repeats=repeats, warmup=warmup)[0]
+
+
+def time_in_turns(
+    actions: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 1
+) -> list[Timing]:
+    """`time_it` for each of `actions`, taking turns run by run: the machine slowing down or
+    speeding up meanwhile weighs on every action alike, so their ratios hold where timings taken
+    one action after the other drift apart."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     for _ in range(warmup):
-        action()
-    seconds = []
+        for action in actions:
+            action()
+    seconds: list[list[float]] = [[] for _ in actions]
     for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        seconds.append(time.perf_counter() - started)
-    return Timing(statistics.median(seconds), min(seconds), max(seconds), repeats)
+        for action, taken in zip(actions, seconds, strict=True):
+            started = time.perf_counter()
+            action()
+            taken.append(time.perf_counter() - started)
+    return [Timing(statistics.median(taken), min(taken), max(taken), repeats) for taken in seconds]
 
 
 Cell = str | int | float | None

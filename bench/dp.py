@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import psutil
 import torch
 from matplotlib.figure import Figure
 
-from bench.core import SuiteResult, Table, Timing, time_it
+from bench.core import SuiteResult, Table, Timing, time_in_turns
 from hospitals.data import load_dataset
 from hospitals.dp import (
     DpSettings,
@@ -66,7 +66,8 @@ TORCH_THREADS = 1
 
 CPU_MEMORY_NOTE = (
     "Peak memory: growth of max RSS (getrusage ru_maxrss) over the RSS after imports and data "
-    "setup, in a fresh process per (model, mode), over the warm-up and every repeat. Torch's "
+    "setup, over one epoch (every epoch draws the same batches), in a fresh process per "
+    "(model, mode) and one for the non-DP baseline, before any epoch is timed. Torch's "
     "lazy imports on first training (~50 MiB) are paid before the baseline by a 16-row epoch "
     "of a throwaway logistic regression in the same mode. Processes fork from a forkserver that "
     "has only imported the modules: spawn would re-import torch and Opacus (~7 s a process "
@@ -79,7 +80,8 @@ MEMORY_METHODS = {
 }
 CUDA_MEMORY_NOTE = (
     "Peak memory: growth of torch.cuda.max_memory_allocated over the memory allocated after "
-    "setup, in a fresh process per (model, mode), over the warm-up and every repeat; the "
+    "setup, over one epoch, in a fresh process per (model, mode) and one for the non-DP "
+    "baseline, before any epoch is timed; the "
     "weights return to the CPU after every epoch, as train_dp and train_plain return them."
 )
 MODES_NOTE = (
@@ -98,7 +100,7 @@ class Sizes:
     repeats: int
 
 
-FULL = Sizes(rows=5_000, repeats=5)
+FULL = Sizes(rows=5_000, repeats=9)
 QUICK = Sizes(rows=500, repeats=1)
 
 
@@ -201,37 +203,61 @@ def trainer(
     )
 
 
-def measure_in_process(job: Job) -> Measurement:
-    """Runs in the fresh process: time the epochs, then read how far memory peaked above setup."""
+@dataclass(frozen=True)
+class Epochs:
+    """Epoch times of a DP training and of the non-DP baseline, taken in turns in one process."""
+
+    dp: Timing
+    plain: Timing
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one fresh process measured: its own training's peak memory growth and, for a DP
+    job, its epochs timed in turns with the baseline's."""
+
+    peak_growth_kib: int
+    epochs: Epochs | None
+
+
+def measure_in_process(job: Job) -> Measured:
+    """Runs in the fresh process: first the peak memory of one epoch of the job's training,
+    then, for a DP job, its epochs and the non-DP baseline's, in turns."""
     torch.set_num_threads(TORCH_THREADS)
     n_features = job.features.shape[1]
-    # The first training imports ~50 MiB of torch lazily (torch._dynamo, via the optimizer) and
-    # starts CUDA on a GPU: a 16-row epoch of a throwaway logistic regression pays for it before
-    # the baseline is read, without leaving model-sized buffers behind for malloc to reuse.
-    throwaway = build_model(ModelSpec(name="logistic_regression"), n_features=n_features, seed=SEED)
     with quiet_opacus():
-        trainer(job, throwaway, features=job.features[:16], labels=job.labels[:16])()
+        # The first training imports ~50 MiB of torch lazily (torch._dynamo, via the optimizer)
+        # and starts CUDA on a GPU: a 16-row epoch of a throwaway logistic regression pays for
+        # it before the baseline is read, without leaving model-sized buffers behind for malloc
+        # to reuse.
+        warm_up = build_model(
+            ModelSpec(name="logistic_regression"), n_features=n_features, seed=SEED
+        )
+        trainer(job, warm_up, features=job.features[:16], labels=job.labels[:16])()
         model = build_model(job.spec, n_features=n_features, seed=SEED)
         train = trainer(job, model, features=job.features, labels=job.labels)
-        measured = measure_cuda if job.device == CUDA else measure_cpu
-        return measured(train, repeats=job.repeats)
+        peak_growth_kib = (peak_growth_cuda if job.device == CUDA else peak_growth_cpu)(train)
+        if job.grad_sample_mode is None:
+            return Measured(peak_growth_kib, epochs=None)
+        baseline = replace(job, grad_sample_mode=None)
+        plain_model = build_model(job.spec, n_features=n_features, seed=SEED)
+        plain = trainer(baseline, plain_model, features=job.features, labels=job.labels)
+        dp_epoch, plain_epoch = time_in_turns([train, plain], repeats=job.repeats)
+    return Measured(peak_growth_kib, Epochs(dp=dp_epoch, plain=plain_epoch))
 
 
-def measure_cpu(train: Callable[[], object], *, repeats: int) -> Measurement:
-    rss_before_kib = psutil.Process().memory_info().rss // 1024
-    epoch = time_it(train, repeats=repeats)
+def peak_growth_cpu(train: Callable[[], object]) -> int:
+    rss_before_kib: int = psutil.Process().memory_info().rss // 1024
+    train()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return Measurement(epoch=epoch, peak_growth_kib=max(0, peak_kib - rss_before_kib))
+    return max(0, peak_kib - rss_before_kib)
 
 
-def measure_cuda(train: Callable[[], object], *, repeats: int) -> Measurement:
-    # Every epoch ends by copying the weights to the CPU, which waits for the GPU: wall time
-    # is the GPU's time without an explicit synchronize.
+def peak_growth_cuda(train: Callable[[], object]) -> int:
     allocated_before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    epoch = time_it(train, repeats=repeats)
-    growth = torch.cuda.max_memory_allocated() - allocated_before
-    return Measurement(epoch=epoch, peak_growth_kib=max(0, growth // 1024))
+    train()
+    return max(0, (torch.cuda.max_memory_allocated() - allocated_before) // 1024)
 
 
 @contextmanager
@@ -244,7 +270,7 @@ def quiet_opacus() -> Iterator[None]:
         yield
 
 
-def measure(job: Job) -> Measurement:
+def measure(job: Job) -> Measured:
     context = multiprocessing.get_context("forkserver")
     # Preloading has an effect only when the forkserver starts, i.e. on the first measurement.
     context.set_forkserver_preload([__name__])
@@ -272,13 +298,42 @@ def compare_model(
     def job(mode: GradSampleMode | None) -> Job:
         return Job(spec, mode, features, labels, noise, sizes.repeats, device)
 
-    plain = measure(job(None))
+    plain_peak_kib = measure(job(None)).peak_growth_kib
     model = build_model(spec, n_features=features.shape[1], seed=SEED)
     chosen = grad_sample_mode_for(model, batch_size=TRAINING.batch_size)
     return [
-        Comparison(name, parameter_count(model), mode, mode is chosen, plain, measure(job(mode)))
+        compared(
+            name,
+            model,
+            mode,
+            chosen=mode is chosen,
+            plain_peak_kib=plain_peak_kib,
+            dp=measure(job(mode)),
+        )
         for mode in DP_MODES
     ]
+
+
+def compared(
+    name: str,
+    model: torch.nn.Module,
+    mode: GradSampleMode,
+    *,
+    chosen: bool,
+    plain_peak_kib: int,
+    dp: Measured,
+) -> Comparison:
+    """The comparison of a DP job's process with the baseline's peak from a process of its own."""
+    if dp.epochs is None:
+        raise ValueError(f"the {mode.value} job of {name} timed no epochs")
+    return Comparison(
+        name,
+        parameter_count(model),
+        mode,
+        chosen,
+        plain=Measurement(dp.epochs.plain, plain_peak_kib),
+        dp=Measurement(dp.epochs.dp, dp.peak_growth_kib),
+    )
 
 
 def devices() -> list[str]:
@@ -337,7 +392,9 @@ def results_table(comparisons: list[Comparison], *, device: str, rows: int, repe
         ],
         rows=[table_row(comparison) for comparison in comparisons],
         notes=[
-            f"Medians of {repeats} epoch(s) after one warm-up epoch; batch {TRAINING.batch_size} "
+            f"Medians of {repeats} epoch(s) after one warm-up epoch each, DP and non-DP taking "
+            "turns in the DP mode's process, so that the machine's drift weighs on both alike; "
+            f"batch {TRAINING.batch_size} "
             f"(Poisson-sampled for DP), learning rate {TRAINING.learning_rate}, seed {SEED}, "
             f"{TORCH_THREADS} torch thread(s). A DP epoch includes make_private and the cleanup "
             "train_dp does every round.",
