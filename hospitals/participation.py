@@ -217,6 +217,40 @@ def _train(
     model: nn.Module,
     evaluation: EvaluationOutcome | None,
 ) -> TrainOutcome:
+    trained = train_locally(node, request, prepared, model)
+    update = _encrypted_update(
+        prepared.key, get_flat_parameters(model), rows=len(prepared.train), request=request
+    )
+    return trained.outcome(update, prepared=prepared, evaluation=evaluation)
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """A round's DP-SGD, done: what it spent, the run's ε with it, and how long it took."""
+
+    step: PrivacyStep
+    run_epsilon: float
+    seconds: float
+
+    def outcome(
+        self, update: bytes, *, prepared: Preparation, evaluation: EvaluationOutcome | None
+    ) -> TrainOutcome:
+        return TrainOutcome(
+            update=update,
+            step=self.step,
+            run_epsilon=self.run_epsilon,
+            rows_rounded=published_rows(len(prepared.train)),
+            train_seconds=self.seconds,
+            consent=prepared.consent.label,
+            evaluation=evaluation,
+        )
+
+
+def train_locally(
+    node: NodeSettings, request: RoundRequest, prepared: Preparation, model: nn.Module
+) -> LocalTraining:
+    """Plan the round's σ, charge it to the node's ledger (failing closed), then train `model`
+    in place with DP-SGD on the prepared training rows."""
     protocol = request.protocol
     ledger = PrivacyLedger(node.ledger_path)
     planned = remembered_plan(
@@ -241,19 +275,8 @@ def _train(
         accountant=protocol.privacy.accountant,
         device=node.device,
     )
-    train_seconds = time.perf_counter() - started
-    update = _encrypted_update(
-        prepared.key, get_flat_parameters(model), rows=len(prepared.train), request=request
-    )
-    return TrainOutcome(
-        update=update,
-        step=planned,
-        run_epsilon=_run_epsilon(ledger, node, request),
-        rows_rounded=published_rows(len(prepared.train)),
-        train_seconds=train_seconds,
-        consent=prepared.consent.label,
-        evaluation=evaluation,
-    )
+    seconds = time.perf_counter() - started
+    return LocalTraining(planned, _run_epsilon(ledger, node, request), seconds)
 
 
 def evaluate_round(

@@ -2,15 +2,13 @@
 
 Each handler is `hospitals.participation`'s round (train_round, evaluate_round) with the crypto
 taken out, built from the product's own pieces: the node's checks, consented rows and split
-(`prepare`), the budget charge, DP-SGD with the planned noise and the round's seed, the
-evaluation, and the hospitals' ClientApp wiring (identity, refusals and reports). Some of these
-are private helpers, reused all the same: a copy would drift from the node it stands in for. The
-model arrives and leaves as float32; the exact training rows travel beside it as its weight.
+(`prepare`), the planned σ, budget charge and DP-SGD (`train_locally`), the evaluation, and the
+hospitals' ClientApp wiring (identity, refusals and reports). The wiring's helpers are private,
+reused all the same: a copy would drift from the node it stands in for. The model arrives and
+leaves as float32; the exact training rows travel beside it as its weight.
 """
 
 from __future__ import annotations
-
-import time
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -19,22 +17,15 @@ from torch import nn
 from bench.plaintext import wire as plain
 from hospitals import wire
 from hospitals.client_app import _evaluate_reply, _handle, _train_reply
-from hospitals.dp import train_dp
-from hospitals.ledger import PrivacyLedger
 from hospitals.models import build_model, get_flat_parameters, set_flat_parameters
 from hospitals.node import NodeSettings
 from hospitals.participation import (
     RoundRequest,
-    TrainOutcome,
-    _charge,
-    _round_seed,
-    _run_epsilon,
     evaluate_prepared,
     prepare,
-    published_rows,
     save_released_model,
+    train_locally,
 )
-from hospitals.plans import remembered_plan
 
 app = ClientApp()
 
@@ -50,42 +41,14 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def train_plaintext(node: NodeSettings, request: RoundRequest) -> tuple[RecordDict, str]:
-    protocol = request.protocol
     prepared = prepare(node, request)
     model = global_model(request)
     evaluation = None if request.global_state is None else evaluate_prepared(model, prepared)
-    ledger = PrivacyLedger(node.ledger_path)
-    planned = remembered_plan(
-        node.state_dir,
-        privacy=protocol.privacy,
-        training=protocol.training,
-        rounds=protocol.rounds,
-        n_rows=len(prepared.train),
+    trained = train_locally(node, request, prepared, model)
+    update = plain.to_bytes(get_flat_parameters(model))
+    content, consent = _train_reply(
+        trained.outcome(update, prepared=prepared, evaluation=evaluation)
     )
-    _charge(node, request, ledger, prepared.policy, planned)
-    started = time.perf_counter()
-    train_dp(
-        model,
-        features=prepared.train.features,
-        labels=prepared.train.labels,
-        training=protocol.training,
-        noise_multiplier=planned.noise_multiplier,
-        max_grad_norm=protocol.privacy.max_grad_norm,
-        delta=protocol.privacy.delta,
-        seed=_round_seed(protocol, node.hospital, request.round_number),
-        accountant=protocol.privacy.accountant,
-        device=node.device,
-    )
-    outcome = TrainOutcome(
-        update=plain.to_bytes(get_flat_parameters(model)),
-        step=planned,
-        run_epsilon=_run_epsilon(ledger, node, request),
-        rows_rounded=published_rows(len(prepared.train)),
-        train_seconds=time.perf_counter() - started,
-        consent=prepared.consent.label,
-        evaluation=evaluation,
-    )
-    content, consent = _train_reply(outcome)
     content.config_records[wire.REPORT][plain.ROWS] = len(prepared.train)
     return content, consent
 
