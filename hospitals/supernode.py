@@ -15,29 +15,36 @@ SuperLink does not hold yet is asked for again within 0.05 s, not 1 s
 to `TASK_WAIT_S` for one (`task_wait`) instead of returning at once: the SuperNode's state
 announces each task it creates (`TASK_ARRIVALS`), so the launcher learns of it at once, and sends
 one request per `TASK_WAIT_S` while idle, not a burst of them after each task. Its Runtime API
-server, idle, wakes once a second instead of ten times (`hospitals.server_tick`).
+server, idle, wakes once a second instead of ten times (`hospitals.server_tick`), and serves
+without Flower's tracing middleware unless tracing is on (`untraced_unless_enabled`).
 
     cohort-supernode [--max-idle-wait SECONDS] <flower-supernode arguments>
 
 The changes reach the loop's module, through its names `time` (which it uses for nothing but these
-sleeps) and `pull_objects`, the Runtime API's handlers, through `acquire_task`, and
-`InMemoryNodeState.create_task`; `install` refuses a Flower without the first three, and
-tests/hospitals/test_supernode.py fails when a Flower upgrade changes the sleeps themselves.
+sleeps) and `pull_objects`, the Runtime API's handlers, through `acquire_task`, the Runtime API's
+`create_app`, and `InMemoryNodeState.create_task`; `install` refuses a Flower without the first
+four, and tests/hospitals/test_supernode.py fails when a Flower upgrade changes the sleeps
+themselves or traces with tracing off.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from logging import INFO
-from typing import Any
+from typing import Any, cast
 
+import flwr.supernode.main as supernode_app
 import flwr.supernode.start_client_internal as supernode_loop
+from fastapi import FastAPI
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, AcquireTaskResponse
 from flwr.supercore import log
 from flwr.supercore.exit import add_exit_handler
+from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
 from flwr.supernode.cli.flower_supernode import flower_supernode
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 from flwr.supernode.servicer.runtime import runtime_handlers
@@ -63,6 +70,9 @@ REPLY_CHECK_S = 0.05
 # and 0.8. Half the launcher's 30 s HTTP timeout; the SuperNode's stop ends the held request at
 # once, and a SuperNode that dies ends it too.
 TASK_WAIT_S = 15.0
+# Flower's switch for tracing: unless it is "1", RuntimeTracingMiddleware hands every response on
+# untouched (see its dispatch), yet costs ~0.1-0.3 ms of CPU per request as a BaseHTTPMiddleware.
+TRACING_SWITCH = "FLWR_TRACING_ENABLED"
 
 
 class SuperNodeClock:
@@ -118,6 +128,24 @@ def task_wait(
     )
 
 
+def untraced_unless_enabled(create_app: Callable[..., FastAPI]) -> Callable[..., FastAPI]:
+    """Flower's `create_app` for the SuperNode's Runtime API, leaving out its tracing middleware
+    when the app is created with tracing off."""
+
+    @functools.wraps(create_app)
+    def create(*args: Any, **kwargs: Any) -> FastAPI:
+        app = create_app(*args, **kwargs)
+        if os.environ.get(TRACING_SWITCH) != "1":
+            app.user_middleware = [
+                each
+                for each in app.user_middleware
+                if each.cls is not cast(object, RuntimeTracingMiddleware)
+            ]
+        return app
+
+    return create
+
+
 def install(backoff: IdleBackoff) -> None:
     """Make Flower's SuperNode loop, in this process, poll as `backoff` says, and its Runtime API
     hold a request for a task until one comes (`task_wait`)."""
@@ -125,6 +153,10 @@ def install(backoff: IdleBackoff) -> None:
     replace_in_flower(supernode_loop, "time", SuperNodeClock(backoff))
     retry_object_pulls_sooner(supernode_loop, "pull_objects")
     slow_idle_ticks()
+    if not hasattr(supernode_app.create_app, "__wrapped__"):
+        replace_in_flower(
+            supernode_app, "create_app", untraced_unless_enabled(supernode_app.create_app)
+        )
     if not isinstance(runtime_handlers.acquire_task, HeldRequest):
         replace_in_flower(
             runtime_handlers, "acquire_task", task_wait(runtime_handlers.acquire_task)

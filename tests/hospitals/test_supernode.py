@@ -7,14 +7,23 @@ import inspect
 import time
 from functools import partial
 
+import flwr.supercore.routers.runtime.tracing as flower_tracing
+import flwr.supernode.main as supernode_app
 import flwr.supernode.start_client_internal as supernode_loop
 import pytest
 import uvicorn
+from flwr.proto.runtime_pb2 import PullTaskInputResponse
 from flwr.supercore.constant import TaskType
 from flwr.supercore.exit import exit_handler
 from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+from flwr.supercore.protobuf.translation import ProtobufTranslationMiddleware
+from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
 from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 from flwr.supernode.servicer.runtime import runtime_handlers
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from hospitals import server_tick
 from hospitals.polling import OBJECT_RETRY_FIRST_S, HeldRequest, IdleBackoff
@@ -25,10 +34,13 @@ from hospitals.supernode import (
     REPLY_CHECK_S,
     TASK_ARRIVALS,
     TASK_WAIT_S,
+    TRACING_SWITCH,
     SuperNodeClock,
     install,
     parser,
+    untraced_unless_enabled,
 )
+from tests.asgi import served
 
 
 def flower_loop_sleeps() -> list[float]:
@@ -105,6 +117,8 @@ def test_install_changes_only_flowers_supernode_loop_task_handler_state_and_tick
     monkeypatch.setitem(vars(runtime_handlers), "acquire_task", flowers_acquire)
     monkeypatch.setattr(InMemoryNodeState, "create_task", FLOWER_CREATE_TASK)
     monkeypatch.setattr(exit_handler, "registered_exit_handlers", [])
+    flowers_create_app = supernode_app.create_app
+    monkeypatch.setitem(vars(supernode_app), "create_app", flowers_create_app)
     install(IdleBackoff())
     install(IdleBackoff())  # a second install changes nothing more
     assert isinstance(supernode_loop.time, SuperNodeClock)
@@ -116,6 +130,7 @@ def test_install_changes_only_flowers_supernode_loop_task_handler_state_and_tick
     assert runtime_handlers.acquire_task.wait_s == TASK_WAIT_S
     assert InMemoryNodeState.create_task.__wrapped__ is FLOWER_CREATE_TASK
     assert uvicorn.Server.main_loop is server_tick.main_loop
+    assert supernode_app.create_app.__wrapped__ is flowers_create_app
     # On SIGTERM the held requests end first, before Flower's handler that stops the Runtime API.
     assert exit_handler.registered_exit_handlers == [
         exit_handler._RegisteredExitHandler(TASK_ARRIVALS.close, run_before_force_exit=True)
@@ -138,3 +153,48 @@ def test_install_changes_only_flowers_supernode_loop_task_handler_state_and_tick
 def test_arguments_split_between_cohort_and_flower(argv, ours, flowers):
     args, rest = parser().parse_known_args(argv)
     assert (args.max_idle_wait, rest) == (ours, flowers)
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def middleware_of(app: Starlette) -> list[type]:
+    return [each.cls for each in app.user_middleware]
+
+
+def test_the_runtime_api_leaves_out_flowers_tracing_middleware_while_tracing_is_off(monkeypatch):
+    create_app = untraced_unless_enabled(supernode_app.create_app)
+    monkeypatch.delenv(TRACING_SWITCH, raising=False)
+    assert RuntimeTracingMiddleware not in middleware_of(create_app())
+    assert ProtobufTranslationMiddleware in middleware_of(create_app())
+    monkeypatch.setenv(TRACING_SWITCH, "1")
+    assert RuntimeTracingMiddleware in middleware_of(create_app())
+
+
+def test_flowers_tracing_middleware_touches_nothing_while_tracing_is_off(monkeypatch):
+    # What makes leaving it out safe; a Flower upgrade that traces regardless fails here.
+    contexts_loaded: list[int] = []
+
+    def load_task_context(state: object, task_id: int) -> str:
+        contexts_loaded.append(task_id)
+        return TRACEPARENT
+
+    async def pull_task_input(request: Request) -> PlainTextResponse:
+        request.state.protobuf_response = PullTaskInputResponse(task_id=7)
+        return PlainTextResponse("input")
+
+    monkeypatch.setattr(flower_tracing, "load_task_context", load_task_context)
+    monkeypatch.setattr(flower_tracing, "get_runtime_state", lambda request: None)
+    app = Starlette(
+        routes=[Route("/v1/runtime/pull-task-input", pull_task_input, methods=["POST"])]
+    )
+    middleware = RuntimeTracingMiddleware(app)
+
+    monkeypatch.delenv(TRACING_SWITCH, raising=False)
+    untraced = served(middleware, "/v1/runtime/pull-task-input")
+    monkeypatch.setenv(TRACING_SWITCH, "1")
+    traced = served(middleware, "/v1/runtime/pull-task-input")
+
+    assert untraced == served(app, "/v1/runtime/pull-task-input")
+    assert (b"traceparent", TRACEPARENT.encode()) in traced[2]
+    assert contexts_loaded == [7]  # only while tracing was on
