@@ -71,14 +71,29 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Goal:
+    """One of the issue's goals, judged on this run's figures."""
+
+    name: str
+    target: str
+    measured: str
+    met: bool | None  # None: this run did not measure the goal's case
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class SuiteResult:
-    """A suite's tables (printed and in report.md), raw figures (results.json) and plots."""
+    """A suite's tables (printed and in report.md), raw figures (results.json), plots, and the
+    goals its figures judge."""
 
     name: str
     tables: list[Table]
     figures: dict[str, Any]
     plots: dict[str, Any] = field(default_factory=dict)  # file name → matplotlib Figure
+    goals: list[Goal] = field(default_factory=list)
 
 
 def machine_facts() -> dict[str, Any]:

@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from bench import plaintext
 from bench.consortium import MAX_LIFETIME_EPSILON, SyntheticCohort, synthetic_consortium
-from bench.core import SuiteResult, Table
+from bench.core import Goal, SuiteResult, Table
 from demo.setup import Consortium, DemoSettings
 from federation.control import APP_DIR
 from federation.deployment import LocalFederation
@@ -55,6 +55,13 @@ TEST_ROWS = 100
 SEED = 11
 OVERHEAD_GOAL_S = 0.5
 OVERHEAD_GOAL_HOSPITALS = 10
+# From the issue: "HE round ≤ 1.05× the plaintext round at 1M parameters and 10 hospitals" (the
+# full run's comparison case) and "50 hospitals in one federation on this machine, round time
+# growing linearly": a round's seconds per hospital at 50 within LINEAR_TOLERANCE of those at 10
+# (single runs here vary by about ±10%).
+HE_ROUND_GOAL_RATIO = 1.05
+SCALE_GOAL_HOSPITALS = 50
+LINEAR_TOLERANCE = 0.25
 ROUND_TIMEOUT_S = 900
 CONNECT_TIMEOUT_S = 300.0
 RUN_TIMEOUT_S = 1800.0
@@ -263,6 +270,10 @@ class ScaleResult:
     @property
     def median_seconds(self) -> float | None:
         return steady_median(self.rounds, "seconds")
+
+    @property
+    def seconds_per_hospital(self) -> float | None:
+        return None if self.median_seconds is None else self.median_seconds / self.hospitals
 
     @property
     def median_slowest_train(self) -> float | None:
@@ -616,6 +627,73 @@ def run(*, quick: bool) -> SuiteResult:
             "he_vs_plaintext": comparison.figures(),
         },
         plots={"federation-overhead.png": overhead_plot(results)},
+        goals=[
+            overhead_goal(results),
+            he_round_goal(comparison),
+            scale_goal(results, skipped),
+        ],
+    )
+
+
+def _case(results: Sequence[ScaleResult], hospitals: int) -> ScaleResult | None:
+    return next((r for r in results if r.hospitals == hospitals), None)
+
+
+def overhead_goal(results: Sequence[ScaleResult]) -> Goal:
+    goal = Goal(
+        name="Framework overhead",
+        target=f"≤ {OVERHEAD_GOAL_S:g} s per round at {OVERHEAD_GOAL_HOSPITALS} hospitals",
+        measured="not measured",
+        met=None,
+    )
+    case = _case(results, OVERHEAD_GOAL_HOSPITALS)
+    if case is None or case.median_overhead is None:
+        return goal
+    return replace(
+        goal,
+        measured=f"{case.median_overhead:.2f} s (median round {case.median_seconds:.2f} s)",
+        met=case.median_overhead <= OVERHEAD_GOAL_S,
+    )
+
+
+def he_round_goal(comparison: Comparison) -> Goal:
+    ratios, case = comparison.ratios, comparison.case
+    goal = Goal(
+        name="HE round",
+        target=f"≤ {HE_ROUND_GOAL_RATIO:g}× the plaintext round, {FULL_COMPARISON.hospitals} "
+        "hospitals, 1M parameters",
+        measured="not measured",
+        met=None,
+    )
+    if comparison.ratio is None:
+        return goal
+    return replace(
+        goal,
+        measured=f"{comparison.ratio:.2f}× (pairs {min(ratios):.2f}–{max(ratios):.2f}), "
+        f"{case.hospitals} hospitals, {comparison.parameters:,} parameters",
+        met=comparison.ratio <= HE_ROUND_GOAL_RATIO,
+    )
+
+
+def scale_goal(results: Sequence[ScaleResult], skipped: Sequence[str]) -> Goal:
+    goal = Goal(
+        name="Scale",
+        target=f"{SCALE_GOAL_HOSPITALS} hospitals in one federation, round time growing "
+        f"linearly (per hospital within {LINEAR_TOLERANCE:.0%} of {OVERHEAD_GOAL_HOSPITALS}'s)",
+        measured="; ".join(s for s in skipped if s.startswith(f"{SCALE_GOAL_HOSPITALS} ")),
+        met=None,
+    )
+    base, largest = _case(results, OVERHEAD_GOAL_HOSPITALS), _case(results, SCALE_GOAL_HOSPITALS)
+    at_base = base.seconds_per_hospital if base else None
+    at_largest = largest.seconds_per_hospital if largest else None
+    if at_base is None or at_largest is None:
+        return replace(goal, measured=goal.measured or "not measured")
+    growth = at_largest / at_base
+    return replace(
+        goal,
+        measured=f"{at_largest:.3f} s per hospital at {SCALE_GOAL_HOSPITALS}, "
+        f"{at_base:.3f} at {OVERHEAD_GOAL_HOSPITALS} ({growth:.2f}×)",
+        met=growth <= 1 + LINEAR_TOLERANCE,
     )
 
 
@@ -655,7 +733,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
                 r.hospitals,
                 len(r.rounds),
                 _rounded(r.median_seconds),
-                _rounded(None if r.median_seconds is None else r.median_seconds / r.hospitals, 3),
+                _rounded(r.seconds_per_hospital, 3),
                 _rounded(r.median_slowest_train),
                 _rounded(r.median_overhead),
                 _rounded(r.hospitals_cpu_s_per_round),

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from rich.table import Table as RichTable  # noqa: E402
 
 from bench.core import (  # noqa: E402
     Cell,
+    Goal,
     SuiteResult,
     Table,
     machine_facts,
@@ -62,16 +64,40 @@ def markdown_table(table: Table) -> str:
     return "\n".join(lines)
 
 
+QUICK_GOALS_NOTE = (
+    "A quick run judges no goal: its sizes, repeats and designs are far below the goals' cases. "
+    "`make bench` judges them."
+)
+VERDICTS = {True: "yes", False: "no", None: "not judged"}
+
+
+def run_goals(results: Sequence[SuiteResult], *, quick: bool) -> list[Goal]:
+    """Every suite's goals, in suite order; a quick run's figures stand, unjudged."""
+    goals = [goal for result in results for goal in result.goals]
+    return [replace(goal, met=None) for goal in goals] if quick else goals
+
+
+def goals_table(goals: Sequence[Goal], *, quick: bool) -> Table:
+    return Table(
+        title="Goals (issue 5), judged on this run",
+        columns=["goal", "target", "measured", "met"],
+        rows=[[goal.name, goal.target, goal.measured, VERDICTS[goal.met]] for goal in goals],
+        notes=[QUICK_GOALS_NOTE] if quick else [],
+    )
+
+
 def write_outputs(
     results: Sequence[SuiteResult], *, out: Path, quick: bool, seconds: float
 ) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_facts()
+    goals = run_goals(results, quick=quick)
     document = {
         "generated_at": datetime.now(UTC).isoformat(),
         "quick": quick,
         "seconds": round(seconds, 1),
         "machine": machine,
+        "goals": [goal.to_dict() for goal in goals],
         "suites": {result.name: result.figures for result in results},
     }
     json_path = out / "results.json"
@@ -86,6 +112,8 @@ def write_outputs(
         "Every figure is measured side by side in this run: medians of repeats, with min and max.",
         "",
     ]
+    if goals:
+        sections.append(markdown_table(goals_table(goals, quick=quick)))
     for result in results:
         sections.append(f"## {result.name}\n")
         sections += [markdown_table(table) for table in result.tables]
@@ -117,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for table in result.tables:
             print_table(console, table)
         results.append(result)
+    if goals := run_goals(results, quick=args.quick):
+        console.rule("[bold]goals")
+        print_table(console, goals_table(goals, quick=args.quick))
     json_path, report_path = write_outputs(
         results, out=args.out, quick=args.quick, seconds=time.monotonic() - started
     )

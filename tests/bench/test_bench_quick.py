@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bench.run import SUITES
-from tests.bench.conftest import QuickRun
+from tests.bench.conftest import QuickRun, parse_table
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +52,26 @@ def test_planning_figures_put_both_searches_in_the_target_band(quick_run: QuickR
         assert band[0] <= plan["cohort_epsilon"] <= band[1]
         assert band[0] <= plan["opacus_epsilon"] <= band[1]
         assert plan["cohort_seconds"] > 0 and plan["opacus_seconds"] > 0
+
+
+def test_the_report_opens_with_every_goal_unjudged_in_a_quick_run(quick_run: QuickRun):
+    goals = quick_run.results["goals"]
+    names = [goal["name"] for goal in goals]
+    assert names == [
+        "HE update size",
+        "DP training cost",
+        *(
+            f"Utility at ε = 3, {dataset}"
+            for dataset in ("breast-cancer", "synthetic", "synthetic-mlp")
+        ),
+        "Framework overhead",
+        "HE round",
+        "Scale",
+    ]
+    assert all(goal["met"] is None for goal in goals)
+    before_the_suites = quick_run.report.split("\n## ", 1)[0]
+    table = parse_table(before_the_suites.split("### ", 1)[1])
+    assert table.title == "Goals (issue 5), judged on this run"
+    assert [row[0] for row in table.rows] == names
+    assert {row[-1] for row in table.rows} == {"not judged"}
+    assert "A quick run judges no goal" in table.notes[0]

@@ -196,6 +196,9 @@ def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
     comparison = federation.Comparison(case=case, parameters=100, pairs=pairs)
 
     assert comparison.ratio == 1.25
+    goal = federation.he_round_goal(comparison)
+    assert goal.met is False  # the goal is 1.05×
+    assert goal.measured == "1.25× (pairs 1.10–1.50), 10 hospitals, 100 parameters"
     table = federation.comparison_table(comparison)
     row = dict(zip(table.columns, table.rows[0], strict=True))
     assert row["HE median round s"] == 5.0
@@ -214,3 +217,37 @@ def test_each_nodes_budget_allows_every_study_a_comparison_runs(tmp_path):
     for node in consortium.hospitals:
         policy = node.policy_path.read_text(encoding="utf-8")
         assert "max_lifetime_epsilon = 18.0" in policy
+
+
+def steady(hospitals: int, *, round_s: float, overhead_s: float) -> federation.ScaleResult:
+    """A case whose steady rounds took `round_s` seconds, `overhead_s` of them overhead."""
+    rounds = [{"seconds": round_s, "slowest_train_s": 0.1, "overhead_s": overhead_s}] * 3
+    return scale_result(hospitals, rounds=rounds)
+
+
+def test_round_time_grows_linearly_while_per_hospital_seconds_stay_within_the_tolerance():
+    at_10 = steady(10, round_s=2.0, overhead_s=1.9)
+
+    linear = federation.scale_goal([at_10, steady(50, round_s=12.0, overhead_s=11.9)], [])
+    steeper = federation.scale_goal([at_10, steady(50, round_s=13.0, overhead_s=12.9)], [])
+
+    assert linear.met is True  # 0.24 s per hospital against 0.20: 1.2×
+    assert linear.measured == "0.240 s per hospital at 50, 0.200 at 10 (1.20×)"
+    assert steeper.met is False  # 1.3×
+
+
+def test_a_skipped_scale_case_leaves_the_goal_unjudged_with_the_reason():
+    reason = "50 hospitals skipped: they need about 28 GiB (573 MiB each) and 22.0 GiB is available"
+
+    goal = federation.scale_goal([steady(10, round_s=2.0, overhead_s=1.9)], [reason])
+
+    assert goal.met is None
+    assert goal.measured == reason
+
+
+def test_the_overhead_goal_reads_the_10_hospital_case_only():
+    small = steady(3, round_s=0.5, overhead_s=0.4)
+
+    assert federation.overhead_goal([small]).met is None
+    assert federation.overhead_goal([small, steady(10, round_s=2.0, overhead_s=1.7)]).met is False
+    assert federation.overhead_goal([steady(10, round_s=0.8, overhead_s=0.5)]).met is True
