@@ -148,6 +148,18 @@ class PrivacyLedger:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Only a new ledger gets a schema. A ledger that has one is opened without writing: every
+        # round opens it, and a ledger that lost its table must stay unreadable, failing closed,
+        # rather than start again empty.
+        if self._schema_version() != _SCHEMA_VERSION:
+            self._create_schema()
+
+    def _schema_version(self) -> int:
+        with self._connection() as connection:
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    def _create_schema(self) -> None:
         with self._write_transaction() as connection:
             (version,) = connection.execute("PRAGMA user_version").fetchone()
             if version not in (0, _SCHEMA_VERSION):
@@ -155,9 +167,10 @@ class PrivacyLedger:
                     f"privacy ledger {self.path} has schema version {version}; this code reads "
                     f"version {_SCHEMA_VERSION}: upgrade the node software, keep the ledger"
                 )
-            connection.execute(_CREATE_TABLE)
-            connection.execute(_CREATE_INDEX)
-            connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            if version == 0:  # another process may have created it since it was read
+                connection.execute(_CREATE_TABLE)
+                connection.execute(_CREATE_INDEX)
+                connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:

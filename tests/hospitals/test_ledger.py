@@ -220,6 +220,42 @@ def test_an_unreadable_ledger_refuses(ledger_path: Path, damage: str) -> None:
     assert str(ledger_path) in str(raised.value)
 
 
+def test_reopening_a_ledger_that_lost_its_table_refuses_rather_than_start_empty(
+    ledger_path: Path,
+) -> None:
+    record_round(PrivacyLedger(ledger_path))
+    with sqlite3.connect(ledger_path) as connection:
+        connection.execute("DROP TABLE privacy_spend")
+
+    with pytest.raises(LedgerUnreadableError):
+        PrivacyLedger(ledger_path).ensure_affordable(
+            dataset_id="hospital-a",
+            planned=round_step(),
+            cap=100.0,
+            delta=DELTA,
+            accountant=RDP,
+            context="round 2 of run 12",
+        )
+
+
+def test_opening_a_ledger_writes_nothing_to_it(ledger_path: Path) -> None:
+    record_round(PrivacyLedger(ledger_path))
+    before = ledger_path.stat().st_mtime_ns, ledger_path.read_bytes()
+
+    PrivacyLedger(ledger_path)
+
+    assert (ledger_path.stat().st_mtime_ns, ledger_path.read_bytes()) == before
+
+
+def test_a_ledger_of_another_schema_version_is_refused(ledger_path: Path) -> None:
+    ledger_path.parent.mkdir(parents=True)
+    with sqlite3.connect(ledger_path) as connection:
+        connection.execute("PRAGMA user_version = 7")
+
+    with pytest.raises(RuntimeError, match="schema version 7"):
+        PrivacyLedger(ledger_path)
+
+
 def test_charge_records_only_what_fits(ledger_path: Path) -> None:
     ledger = PrivacyLedger(ledger_path)
     cap = (lifetime_epsilon([round_step()]) + lifetime_epsilon([round_step()] * 2)) / 2
