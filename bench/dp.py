@@ -242,6 +242,8 @@ def measure_in_process(job: Job) -> Measured:
         baseline = replace(job, grad_sample_mode=None)
         plain_model = build_model(job.spec, n_features=n_features, seed=SEED)
         plain = trainer(baseline, plain_model, features=job.features, labels=job.labels)
+        # On a GPU every epoch ends by copying the weights to the CPU, which waits for the GPU:
+        # wall time is the GPU's time without an explicit synchronize.
         dp_epoch, plain_epoch = time_in_turns([train, plain], repeats=job.repeats)
     return Measured(peak_growth_kib, Epochs(dp=dp_epoch, plain=plain_epoch))
 
