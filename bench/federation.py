@@ -312,6 +312,10 @@ class StudyRun:
     rounds: list[dict[str, Any]]  # round_figures
     cpu: CpuWindow
 
+    def median(self, key: str) -> float | None:
+        """`key`'s median over the steady rounds (steady_median)."""
+        return steady_median(self.rounds, key)
+
 
 @dataclass(frozen=True)
 class ComparisonPair:
@@ -322,8 +326,7 @@ class ComparisonPair:
 
     @property
     def ratio(self) -> float | None:
-        he = steady_median(self.he.rounds, "seconds")
-        clear = steady_median(self.plaintext.rounds, "seconds")
+        he, clear = self.he.median("seconds"), self.plaintext.median("seconds")
         return None if he is None or not clear else he / clear
 
     def figures(self) -> dict[str, Any]:
@@ -331,8 +334,8 @@ class ComparisonPair:
             "ratio": self.ratio,
             **{
                 side: {
-                    "median_round_s": steady_median(run.rounds, "seconds"),
-                    "median_slowest_train_s": steady_median(run.rounds, "slowest_train_s"),
+                    "median_round_s": run.median("seconds"),
+                    "median_slowest_train_s": run.median("slowest_train_s"),
                     "cpu_s_per_round": run.cpu.per_round,
                     "rounds": run.rounds,
                 }
@@ -360,7 +363,7 @@ class Comparison:
 
     def median_over_pairs(self, side: str, key: str) -> float | None:
         """The median over pairs of one side's steady median of `key`."""
-        values = [steady_median(getattr(pair, side).rounds, key) for pair in self.pairs]
+        values = [getattr(pair, side).median(key) for pair in self.pairs]
         present = [value for value in values if value is not None]
         return statistics.median(present) if present else None
 
@@ -851,7 +854,7 @@ def _cpu_pair(comparison: Comparison, part: str) -> str | None:
 def comparison_table(comparison: Comparison) -> Table:
     sides = ("he", "plaintext")
     first = comparison.pairs[0]
-    update_bytes = [steady_median(getattr(first, side).rounds, "update_bytes") for side in sides]
+    update_bytes = [getattr(first, side).median("update_bytes") for side in sides]
     ratios = comparison.ratios
     return Table(
         title="HE round vs plaintext round: the same study, with and without CKKS",
