@@ -178,7 +178,7 @@ class ForkExecutor:
         # to hand on: unreaped, this fork would compute them again (~0.2 CPU-s).
         self.reap_finished()
         # Unflushed output would be written twice: once by the parent and once by the child.
-        _flush_standard_streams()
+        flush_standard_streams()
         try:
             reports, report_to = os.pipe()
         except OSError as error:  # out of file descriptors
@@ -291,11 +291,11 @@ def _run_child(
         code = exit_code(lambda: task(spec))
         report()
     finally:
-        _flush_standard_streams()
+        flush_standard_streams()
         os._exit(code)
 
 
-def _flush_standard_streams() -> None:
+def flush_standard_streams() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
 
@@ -314,11 +314,21 @@ def preload(modules: Sequence[str] = PRELOAD_MODULES) -> None:
 
 
 def serve(settings: LauncherSettings) -> None:
-    """Acquire the SuperNode's tasks and fork each, until the SuperNode exits or a signal comes."""
+    """Preload, then serve the SuperNode's tasks until it exits or a signal comes."""
+    prepare_warm_process()
+    serve_tasks(settings)
+
+
+def prepare_warm_process(modules: Sequence[str] = PRELOAD_MODULES) -> None:
+    """What a process does before it forks tasks, or launchers (hospitals/launcher_host.py)."""
     # As flower-superexec does: task tokens pass through this memory, and the tasks, which read
     # patient data, inherit the setting.
     disable_process_dumping(strict=False)
-    preload()
+    preload(modules)
+
+
+def serve_tasks(settings: LauncherSettings) -> None:
+    """Acquire the SuperNode's tasks and fork each, until the SuperNode exits or a signal comes."""
     retry_object_pulls_sooner(clientapp_runtime, "pull_and_inflate_object_from_tree")
     executor = ForkExecutor()
     plugin = AutoExecPlugin(
@@ -345,7 +355,7 @@ def serve(settings: LauncherSettings) -> None:
     backoff = IdleBackoff(longest_s=settings.max_idle_wait_s)
     try:
         if settings.ready_file is not None:
-            settings.ready_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
+            _announce_ready(settings.ready_file)
         while _alive(settings.parent_pid):
             asked = time.monotonic()
             # A task's end, like its start, means the round goes on: the next message is near.
@@ -366,6 +376,13 @@ def serve(settings: LauncherSettings) -> None:
             settings.ready_file.unlink(missing_ok=True)
         client.close()
         executor.close()
+
+
+def _announce_ready(ready_file: Path) -> None:
+    """Create `ready_file` holding this process's pid, whole: whoever sees it can read the pid."""
+    written = ready_file.with_name(f".{ready_file.name}.{os.getpid()}")
+    written.write_text(f"{os.getpid()}\n", encoding="utf-8")
+    written.replace(ready_file)
 
 
 def _acquire_and_launch(
@@ -409,13 +426,17 @@ def _alive(pid: int | None) -> bool:
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    # Unwinds through serve's `finally`, which stops and reaps the running tasks.
+    # Unwinds through serve_tasks' `finally`, which stops and reaps the running tasks. Once only:
+    # a hosted launcher gets its process group's signal and the host's, and a second SystemExit
+    # raised inside that `finally` would leave tasks unreaped.
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "cohort-launcher") -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
-        prog="cohort-launcher",
+        prog=prog,
         description="Run a SuperNode's ClientApp tasks, forked from one warm process, in place of "
         "flower-superexec (for flower-supernode --isolation process).",
     )
@@ -453,9 +474,10 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def parse_args(argv: Sequence[str] | None = None) -> LauncherSettings:
-    command = parser()
-    args = command.parse_args(argv)
+def parse_args(
+    argv: Sequence[str] | None = None, *, prog: str = "cohort-launcher"
+) -> LauncherSettings:
+    args = parser(prog).parse_args(argv)
     return LauncherSettings(
         runtime_api_address=args.runtime_api_address,
         insecure=args.insecure,

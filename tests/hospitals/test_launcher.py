@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
@@ -18,7 +19,14 @@ from opacus.accountants import RDPAccountant
 from federation.deployment import LocalFederation
 from federation.runner import StudyRequest, run_and_follow
 from hospitals.dp import RdpCurves
-from hospitals.launcher import ForkExecutor, LauncherSettings, exit_code, parse_args, preload
+from hospitals.launcher import (
+    ForkExecutor,
+    LauncherSettings,
+    _announce_ready,
+    exit_code,
+    parse_args,
+    preload,
+)
 from hospitals.protocol import canonical_json
 
 
@@ -220,7 +228,9 @@ def child_pids(pid: int) -> list[int]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_one_warm_launcher_per_node_forks_every_clientapp_task(make_consortium, tmp_path):
+def test_each_node_has_a_launcher_forked_from_one_preload_forking_every_task(
+    make_consortium, tmp_path
+):
     rounds = 2
     consortium = make_consortium(rounds=rounds, round_timeout_s=120)
     hospitals = consortium.hospitals[:2]
@@ -242,6 +252,9 @@ def test_one_warm_launcher_per_node_forks_every_clientapp_task(make_consortium, 
             federation.control, request, on_event=look_under_supernodes, timeout_s=420
         )
         launchers = dict(federation.launchers)
+        assert federation.launcher_host is not None
+        host_pid = federation.launcher_host.pid
+        launcher_parents = {name: psutil.Process(pid).ppid() for name, pid in launchers.items()}
         ready_files = {
             spec.hospital: tmp_path / "federation" / "nodes" / f"{spec.hospital}.launcher-ready"
             for spec in hospitals
@@ -249,19 +262,26 @@ def test_one_warm_launcher_per_node_forks_every_clientapp_task(make_consortium, 
         serving = {name: path.read_text().strip() for name, path in ready_files.items()}
         first = hospitals[0].hospital
         federation.supernodes[first].kill()
-        launchers[first].popen.wait(timeout=10)  # it follows its SuperNode down
+        psutil.wait_procs([psutil.Process(launchers[first])], timeout=10)
+        assert not psutil.pid_exists(launchers[first])  # it followed its SuperNode down, reaped
+        assert psutil.pid_exists(launchers[hospitals[1].hospital])
 
-    assert serving == {name: str(launcher.pid) for name, launcher in launchers.items()}
+    assert serving == {name: str(pid) for name, pid in launchers.items()}
     assert not ready_files[first].exists()
+    assert launcher_parents == {spec.hospital: host_pid for spec in hospitals}
 
     assert outcome.status.status == "finished:completed", outcome.failure_reason
     assert supernode_children == []
     logs = tmp_path / "federation" / "logs"
+    # Sets: opacus's logging.basicConfig makes Flower's logger print each line twice.
+    preloaded = r"Preloaded hospitals\.client_app.* in [\d.]+ s"
+    host_log = (logs / "launchers.log").read_text(errors="replace")
+    assert len(set(re.findall(preloaded, host_log))) == 1  # once, for every hospital
+    assert f"Launcher for {first} exited with code 0" in host_log
     for spec in hospitals:
-        launcher_pid = launchers[spec.hospital].pid
+        launcher_pid = launchers[spec.hospital]
         log = (logs / f"launcher-{spec.hospital}.log").read_text(errors="replace")
-        # Sets: opacus's logging.basicConfig makes Flower's logger print each line twice.
-        assert len(set(re.findall(r"Preloaded hospitals\.client_app.* in [\d.]+ s", log))) == 1
+        assert not re.findall(preloaded, log)
         forked = set(re.findall(r"Task (\d+) runs in pid (\d+), forked by pid (\d+)", log))
         assert len(forked) == rounds + 1  # a train message per round, and the final evaluate
         assert {int(parent) for _, _, parent in forked} == {launcher_pid}
@@ -272,3 +292,12 @@ def test_one_warm_launcher_per_node_forks_every_clientapp_task(make_consortium, 
         for text in (log, supernode_log):
             assert "Starting Flower SuperExec" not in text
             assert "Start `flwr-clientapp` process" not in text
+
+
+def test_the_ready_file_appears_whole_with_the_launchers_pid(tmp_path):
+    ready_file = tmp_path / "launcher-ready"
+
+    _announce_ready(ready_file)
+
+    assert ready_file.read_text() == f"{os.getpid()}\n"
+    assert list(tmp_path.iterdir()) == [ready_file]  # no partial file left beside it
