@@ -8,7 +8,10 @@ reports: its wall time (`seconds`) and each hospital's own training time (`train
 Overhead and scale (logistic regression): the framework's overhead is what the round costs beyond
 the slowest hospital's training, `seconds − max(train_seconds)`: process start-up, messaging, HE
 encryption and aggregation, evaluation. Meanwhile a sampler records each hospital's RSS: its
-SuperNode, its ClientApp launcher and the tasks the launcher forked.
+SuperNode, its ClientApp launcher and the tasks the launcher forked. The hospitals share this
+machine, so their launchers share one preload of the ClientApp's modules
+(hospitals/launcher_host.py); its size is reported beside the memory per hospital, since a
+hospital alone on its machine holds it by itself.
 
 HE vs plaintext (an MLP of about a million parameters): on the same SuperNodes, the same study runs
 as the product's app and then as the plaintext baseline of bench/plaintext (the same round work
@@ -46,8 +49,8 @@ from hospitals.protocol import canonical_json
 
 STUDY_ID = "bench-federation"
 # (hospitals, rounds): 3 → 50 hospitals, as the issue asks; on 2 cores the 50-hospital case takes
-# about 4.5 minutes, most of it start-up (3 min). Four rounds each, so that every median holds
-# two rounds (with three, 30 hospitals measured 5.0 and 6.0 s in two runs).
+# about 2 minutes, 45 s of it start-up. Four rounds each, so that every median holds two rounds
+# (with three, 30 hospitals measured 5.0 and 6.0 s in two runs).
 FULL_CASES = ((3, 4), (10, 4), (30, 4), (50, 4))
 QUICK_CASES = ((2, 1),)
 ROWS_PER_HOSPITAL = 300
@@ -71,9 +74,10 @@ HOSPITAL_PARTS = ("SuperNodes", "launchers", "ClientApp tasks")
 MIB = 2**20
 GIB = 2**30
 # What one hospital's processes take from this machine's memory, until a case of this run has
-# measured it: a launcher holds ~335 MiB of its own (torch, Opacus, TenSEAL, Flower, imported
-# once), a SuperNode ~90 MiB. A case that would not fit is skipped, not swapped.
-MEMORY_PER_HOSPITAL_MIB = 450
+# measured it (~220 MiB measured at 10 hospitals, ~160 at 50): its SuperNode ~90 MiB, its
+# launcher and tasks the pages they write beside the shared preload. A case that would not fit is
+# skipped, not swapped.
+MEMORY_PER_HOSPITAL_MIB = 250
 # A larger case needs a little more per hospital than a smaller one measured: more tasks at once.
 MEASURED_MEMORY_MARGIN = 1.2
 # A node waits far longer than it works: between rounds, and between studies for days. After its
@@ -176,7 +180,7 @@ def cpu_by_part(federation: LocalFederation) -> dict[str, float]:
     """CPU seconds so far of each part of the deployment. A ClientApp task counts once its
     launcher has reaped it; the ServerApp (a process Flower starts per run) is not counted."""
     supernodes = [own_and_reaped_cpu_s(p.pid) for p in federation.supernodes.values()]
-    launchers = [own_and_reaped_cpu_s(p.pid) for p in federation.launchers.values()]
+    launchers = [own_and_reaped_cpu_s(pid) for pid in federation.launchers.values()]
     superlink, _ = (
         own_and_reaped_cpu_s(federation.superlink.pid) if federation.superlink else (0.0, 0.0)
     )
@@ -262,6 +266,9 @@ class ScaleResult:
     # The machine's memory the federation took, per hospital: what its available memory lost
     # from before start-up to its lowest. Unlike RSS, a page that processes share counts once.
     memory_per_hospital_mib: float
+    # RSS of the process all launchers fork from: the modules they share here, and that a
+    # hospital's launcher on a machine of its own imports for itself.
+    shared_preload_mib: float
     startup_s: float
     total_s: float
     cpu: CpuWindow  # CpuMarks.steady
@@ -533,9 +540,11 @@ def measure(
     began = time.monotonic()
     with started(workdir, consortium) as federation:
         startup_s = time.monotonic() - began
+        assert federation.launcher_host is not None  # started
+        shared_preload = psutil.Process(federation.launcher_host.pid).memory_info().rss
         sampler = MemorySampler(
             {
-                name: (node.pid, federation.launchers[name].pid)
+                name: (node.pid, federation.launchers[name])
                 for name, node in federation.supernodes.items()
             }
         )
@@ -550,6 +559,7 @@ def measure(
         rounds=study.rounds,
         peak_rss_mib={name: rss / MIB for name, rss in sorted(sampler.peaks.items())},
         memory_per_hospital_mib=(available_before - sampler.lowest_available) / hospitals / MIB,
+        shared_preload_mib=shared_preload / MIB,
         startup_s=startup_s,
         total_s=time.monotonic() - began,
         cpu=study.cpu,
@@ -711,6 +721,7 @@ def figures(result: ScaleResult) -> dict[str, Any]:
         "median_overhead_s": result.median_overhead,
         "peak_rss_mib": result.peak_rss_mib,
         "memory_per_hospital_mib": round(result.memory_per_hospital_mib, 1),
+        "shared_preload_mib": round(result.shared_preload_mib, 1),
         "hospitals_cpu_s_per_round": result.hospitals_cpu_s_per_round,
         "cpu_s_per_round": result.cpu_s_per_round,
         "cpu_rounds_counted": round(result.cpu.rounds, 2),
@@ -749,6 +760,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
                 _rounded(first["overhead_s"]) if first else None,
                 _rounded(r.max_peak_rss_mib, 0),
                 _rounded(r.memory_per_hospital_mib, 0),
+                _rounded(r.shared_preload_mib, 0),
                 _idle(r),
                 _rounded(r.startup_s, 1),
             ]
@@ -771,6 +783,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "round 1 overhead s",
             "peak RSS / hospital MiB",
             "memory / hospital MiB",
+            "shared preload MiB",
             "idle CPU ms/s: node / SuperLink",
             "start-up s",
         ],
@@ -782,12 +795,12 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "Medians are over the rounds between the first and the last: round 1 (shown apart) "
             "also waits for the ServerApp and first ClientApps to start, and the last round's "
             "seconds also hold the final evaluation.",
-            "Each ClientApp task is forked from a warm launcher (cohort-launcher), not started "
-            "fresh; the SuperLink (cohort-superlink) holds a SuperNode's empty pull until a "
-            f"message for it is complete (up to {PULL_WAIT_S:g} s), where Flower's SuperNode "
-            "would poll every "
-            "3 s; SuperNodes (cohort-supernode) hold a launcher's request until a task is "
-            "pending. Each node's tasks use its share of the cores "
+            "Each ClientApp task is forked from its hospital's warm launcher, not started fresh, "
+            "and the launchers from one process that imported the ClientApp's modules once "
+            "(cohort-launchers); the SuperLink (cohort-superlink) holds a SuperNode's empty pull "
+            f"until a message for it is complete (up to {PULL_WAIT_S:g} s), where Flower's "
+            "SuperNode would poll every 3 s; SuperNodes (cohort-supernode) hold a launcher's "
+            "request until a task is pending. Each node's tasks use its share of the cores "
             "(cpu-threads). A round is one exchange per hospital (evaluate the model it "
             "receives, then train), and the last round adds the final evaluation; the "
             "overhead also holds every hospital's HE encryption and decryption (once per global "
@@ -802,19 +815,23 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "Split into its parts (a launcher's own CPU apart from the tasks it forked), and the "
             "SuperLink's beside it; the ServerApp's is not measured.",
             "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
-            f"trees (with the forked ClientApp tasks), sampled every {MEMORY_SAMPLE_S} s. "
+            f"trees (with the forked ClientApp tasks), sampled every {MEMORY_SAMPLE_S} s; it "
+            "counts the pages they share with other hospitals' processes in full. "
             "Memory / hospital: what the machine's available memory lost from before start-up "
             "to its lowest sample, divided by the hospitals; pages that processes share count "
             "once. A case is skipped when the largest case before it, at this figure "
-            f"×{MEASURED_MEMORY_MARGIN:g}, says it would not fit.",
+            f"×{MEASURED_MEMORY_MARGIN:g}, says it would not fit. Shared preload: RSS of the "
+            "process every launcher was forked from, after start-up: the modules (torch, Opacus, "
+            "TenSEAL, Flower) the launchers share here, which a hospital on a machine of its own "
+            "holds besides its memory / hospital.",
             "Idle CPU: milliseconds of CPU per second with no run in progress, measured after the "
             f"study over {IDLE_WINDOW_S:g} s ({QUICK_IDLE_WINDOW_S:g} s in the quick run): a "
             "hospital's node (its SuperNode and launcher, the mean over hospitals), and the "
             "SuperLink. A node waits far longer than it works, between rounds and between "
             "studies.",
             "Start-up s: from launching the processes until every SuperNode is connected and "
-            "every launcher has loaded the ClientApp (torch, Opacus, TenSEAL), all at once on "
-            "these cores.",
+            "every launcher serves, the ClientApp's modules imported once for all, on these "
+            "cores.",
             "The quick run (2 hospitals, 1 round) has round 1 only. Every process shares this "
             "machine's CPUs, so other load on it inflates the overhead.",
             *skipped,

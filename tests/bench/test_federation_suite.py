@@ -18,6 +18,7 @@ def scale_result(hospitals: int, *, memory_per_hospital_mib: float = 300.0, **fi
     figures: dict[str, Any] = {
         "rounds": [],
         "peak_rss_mib": {},
+        "shared_preload_mib": 480.0,
         "startup_s": 30.0,
         "total_s": 50.0,
         "cpu": federation.CpuWindow({}, rounds=0),
@@ -33,9 +34,9 @@ def test_a_case_that_does_not_fit_in_memory_is_skipped_with_the_reason(monkeypat
     available = SimpleNamespace(available=10 * federation.GIB)
     monkeypatch.setattr(federation.psutil, "virtual_memory", lambda: available)
 
-    assert federation.memory_shortfall(20) is None  # 20 × 450 MiB ≈ 8.8 GiB
+    assert federation.memory_shortfall(40) is None  # 40 × 250 MiB ≈ 9.8 GiB
     assert federation.memory_shortfall(50) == (
-        "50 hospitals skipped: they need about 22 GiB (450 MiB each) and 10.0 GiB is available"
+        "50 hospitals skipped: they need about 12 GiB (250 MiB each) and 10.0 GiB is available"
     )
 
 
@@ -77,6 +78,7 @@ def test_the_overhead_table_splits_the_cpu_per_round_by_part():
     assert row["of it: SuperNodes / launchers / ClientApp tasks"] == "3.00 / 0.80 / 5.50"
     assert row["SuperLink CPU s / round"] == 2.7
     assert row["memory / hospital MiB"] == 300
+    assert row["shared preload MiB"] == 480
 
 
 def test_the_overhead_table_shows_a_hospital_nodes_idle_cpu_beside_the_superlinks():
