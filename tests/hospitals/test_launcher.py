@@ -269,6 +269,9 @@ def test_each_node_has_a_launcher_forked_from_one_preload_forking_every_task(
     assert serving == {name: str(pid) for name, pid in launchers.items()}
     assert not ready_files[first].exists()
     assert launcher_parents == {spec.hospital: host_pid for spec in hospitals}
+    # Stopped with the federation, the host passed the signal on and exited once its launchers had
+    # stopped their tasks: within the grace period, without a SIGKILL.
+    assert federation.launcher_host.popen.returncode == 0
 
     assert outcome.status.status == "finished:completed", outcome.failure_reason
     assert supernode_children == []
