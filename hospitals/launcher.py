@@ -10,6 +10,9 @@ Flower's own `run_clientapp`, the function behind `flwr-clientapp`, on modules a
     cohort-launcher --runtime-api-address 127.0.0.1:9094 --insecure --parent-pid $! \
         --ready-file /run/cohort/launcher-ready
 
+Where one machine holds several hospitals' SuperNodes, `cohort-launchers` (launcher_host.py)
+forks each one's launcher from a single preload instead.
+
 Fork safety. The parent never runs a torch op, so no OpenMP pool exists to be inherited broken,
 and never initialises CUDA, whose context cannot survive a fork: `torch.cuda` belongs in the tasks
 only. It starts no thread and registers no Flower exit handler, so a child inherits neither a lock
