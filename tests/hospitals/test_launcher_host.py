@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hospitals.launcher import parse_args
-from hospitals.launcher_host import HostedLauncher, LaunchersFileError, read_launchers
+from hospitals.launcher_host import HostedLauncher, LaunchersFileError, main, read_launchers
 
 # The host's real code with a stand-in for serve_tasks that needs no SuperNode: it announces
 # itself on stdout, writes its ready file as a launcher does, and serves until that file is removed
@@ -92,6 +92,17 @@ def test_read_launchers_refuses_a_malformed_file(tmp_path, content, message):
 
     with pytest.raises(LaunchersFileError, match=message):
         read_launchers(path)
+
+
+def test_the_command_refuses_a_malformed_file_with_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "launchers.json"
+    path.write_text("[]", encoding="utf-8")
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(path)])
+
+    assert exit_info.value.code == 2
+    assert "cohort-launchers: error: " in capsys.readouterr().err
 
 
 def test_read_launchers_refuses_a_name_given_twice(tmp_path):
