@@ -138,7 +138,8 @@ def host(
 def _run_launcher(launcher: HostedLauncher, serve: Callable[[LauncherSettings], None]) -> NoReturn:
     code = 1
     try:
-        # The host's handler passes signals on to its children; serve_tasks installs its own.
+        # Until serve_tasks installs its handlers, a stop signal ends the launcher at once: it has
+        # nothing to clean up yet (Python's SIGINT handler would raise into this frame instead).
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         launcher.log_file.parent.mkdir(parents=True, exist_ok=True)
