@@ -383,9 +383,14 @@ def serve_tasks(settings: LauncherSettings) -> None:
 
 def _announce_ready(ready_file: Path) -> None:
     """Create `ready_file` holding this process's pid, whole: whoever sees it can read the pid."""
-    written = ready_file.with_name(f".{ready_file.name}.{os.getpid()}")
-    written.write_text(f"{os.getpid()}\n", encoding="utf-8")
-    written.replace(ready_file)
+    write_whole(ready_file, f"{os.getpid()}\n")
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write `text` to `path` so that no reader ever sees part of it."""
+    written = path.with_name(f".{path.name}.{os.getpid()}")
+    written.write_text(text, encoding="utf-8")
+    written.replace(path)
 
 
 def _acquire_and_launch(

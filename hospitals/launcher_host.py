@@ -9,7 +9,7 @@ to its own log file; it shares only the pages of modules imported before any hos
 key was read, copy-on-write, and forks its own tasks. A hospital on its own machine runs
 `cohort-launcher`: nothing shared would be gained.
 
-    cohort-launchers launchers.json
+    cohort-launchers launchers.json [--pids-file launcher-pids.json]
 
 where `launchers.json` lists, per SuperNode, a name, a log file and the `cohort-launcher`
 arguments of its launcher::
@@ -17,8 +17,10 @@ arguments of its launcher::
     [{"name": "hospital-a", "log_file": "logs/launcher-hospital-a.log",
       "args": ["--runtime-api-address", "127.0.0.1:9094", "--insecure", "--parent-pid", "4242"]}]
 
-This process exits once every launcher has exited (each follows its SuperNode down). A stop
-signal sent to it alone is passed on to every launcher.
+Once every launcher is forked, `--pids-file` gets each one's pid by name (`{"hospital-a": 4243}`),
+so that whoever started this process can tell a launcher that died from one still starting. This
+process exits once every launcher has exited (each follows its SuperNode down). A stop signal sent
+to it alone is passed on to every launcher.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from hospitals.launcher import (
     parse_args,
     prepare_warm_process,
     serve_tasks,
+    write_whole,
 )
 
 # A launcher exits with 0 when its SuperNode has gone, and with 128 + the signal when stopped.
@@ -104,9 +107,10 @@ def host(
     *,
     modules: Sequence[str] = PRELOAD_MODULES,
     serve: Callable[[LauncherSettings], None] = serve_tasks,
+    pids_file: Path | None = None,
 ) -> int:
-    """Preload `modules`, fork a launcher running `serve` for each of `launchers`, and reap them
-    as they exit; returns 0 once none is left."""
+    """Preload `modules`, fork a launcher running `serve` for each of `launchers`, write their
+    pids to `pids_file`, and reap them as they exit; returns 0 once none is left."""
     prepare_warm_process(modules)
     running: dict[int, HostedLauncher] = {}
     for launcher in launchers:
@@ -116,6 +120,10 @@ def host(
             _run_launcher(launcher, serve)
         running[pid] = launcher
         log(INFO, "Launcher for %s forked as pid %d", launcher.name, pid)
+    if pids_file is not None:
+        write_whole(
+            pids_file, json.dumps({launcher.name: pid for pid, launcher in running.items()})
+        )
 
     def pass_on(signum: int, frame: FrameType | None) -> None:
         for pid in running:
@@ -165,9 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="LAUNCHERS_FILE",
         help="JSON list of {name, log_file, args}: args are a cohort-launcher's arguments",
     )
-    path = command.parse_args(argv).launchers_file
+    command.add_argument(
+        "--pids-file",
+        type=Path,
+        metavar="PATH",
+        help="write each launcher's pid, by name, to PATH (JSON) once all are forked",
+    )
+    args = command.parse_args(argv)
     try:
-        launchers = read_launchers(path)
+        launchers = read_launchers(args.launchers_file)
     except LaunchersFileError as error:
         command.error(str(error))
-    return host(launchers)
+    return host(launchers, pids_file=args.pids_file)

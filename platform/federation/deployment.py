@@ -271,13 +271,19 @@ class LocalFederation:
                 "--ready-file",
                 str(ready_file),
             ]
-            log_file = self.workdir / "logs" / f"launcher-{hospital}.log"
-            launchers.append({"name": hospital, "log_file": str(log_file), "args": args})
+            log_file = str(self._launcher_log(hospital))
+            launchers.append({"name": hospital, "log_file": log_file, "args": args})
         launchers_file = self.workdir / "nodes" / "launchers.json"
         launchers_file.write_text(json.dumps(launchers, indent=1), encoding="utf-8")
+        self._launcher_pids_file().unlink(missing_ok=True)
         return ManagedProcess(
             "launchers",
-            [str(SCRIPTS_DIR / "cohort-launchers"), str(launchers_file)],
+            [
+                str(SCRIPTS_DIR / "cohort-launchers"),
+                str(launchers_file),
+                "--pids-file",
+                str(self._launcher_pids_file()),
+            ],
             log_path=self.workdir / "logs" / "launchers.log",
             env=self.env,
         )
@@ -294,10 +300,7 @@ class LocalFederation:
             if not self._unready_launchers():
                 online = self.control.online_nodes()
                 if online >= len(self.hospitals):
-                    self.launchers = {
-                        hospital: int(self._launcher_ready_file(hospital).read_text())
-                        for hospital in self.supernodes
-                    }
+                    self.launchers = self._forked_launchers()
                     return
             time.sleep(0.5)
         raise TimeoutError(
@@ -338,14 +341,28 @@ class LocalFederation:
         path.write_text(absolute.to_toml(), encoding="utf-8")
         return path
 
+    def _launcher_pids_file(self) -> Path:
+        return self.workdir / "nodes" / "launcher-pids.json"
+
+    def _forked_launchers(self) -> dict[str, int]:
+        """Each hospital's launcher pid, once the launchers' host has forked them all."""
+        try:
+            text = self._launcher_pids_file().read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        return {hospital: int(pid) for hospital, pid in json.loads(text).items()}
+
+    def _launcher_log(self, hospital: str) -> Path:
+        return self.workdir / "logs" / f"launcher-{hospital}.log"
+
     def _launcher_ready_file(self, hospital: str) -> Path:
         return self.workdir / "nodes" / f"{hospital}.launcher-ready"
 
     def _unready_launchers(self) -> list[str]:
         return [
-            hospital
-            for hospital in self.supernodes
-            if not self._launcher_ready_file(hospital).exists()
+            spec.hospital
+            for spec in self.hospitals
+            if not self._launcher_ready_file(spec.hospital).exists()
         ]
 
     def _write_cli_config(self) -> None:
@@ -363,3 +380,20 @@ class LocalFederation:
                     f"{process.name} exited with code {process.popen.returncode} during start-up; "
                     f"see its log {process.log_path}"
                 )
+        forked = self._forked_launchers()
+        for hospital in self._unready_launchers():
+            if hospital in forked and not _exists(forked[hospital]):
+                raise RuntimeError(
+                    f"{hospital}'s launcher exited during start-up; see its log "
+                    f"{self._launcher_log(hospital)} and launchers.log beside it"
+                )
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
+
+import pytest
 
 from federation import deployment
 from federation.deployment import LocalFederation
@@ -147,3 +151,20 @@ def test_the_superlink_is_asked_for_its_nodes_only_once_every_launcher_is_ready(
     federation.wait_until_ready(timeout_s=60)
 
     assert still_loading == [] and federation.control.asked == 1
+
+
+def test_a_launcher_that_died_before_serving_fails_the_start_up_at_once(tmp_path):
+    federation = LocalFederation(
+        workdir=tmp_path / "federation", hospitals=[node(tmp_path, "a"), node(tmp_path, "b")]
+    )
+    gone = subprocess.Popen([sys.executable, "-c", ""])  # noqa: S603 - fixed argv
+    gone.wait()  # reaped, as the launchers' host reaps a launcher that exits
+    nodes = tmp_path / "federation" / "nodes"
+    nodes.mkdir(parents=True)
+    (nodes / "launcher-pids.json").write_text(json.dumps({"a": os.getpid(), "b": gone.pid}))
+
+    with pytest.raises(RuntimeError, match="b's launcher exited during start-up; see its log"):
+        federation._raise_if_exited()
+
+    (nodes / "b.launcher-ready").write_text(str(gone.pid))  # it served, then left: not start-up
+    federation._raise_if_exited()

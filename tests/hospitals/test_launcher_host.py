@@ -31,7 +31,8 @@ def serve(settings):
     while settings.ready_file.exists():
         time.sleep(0.02)
 
-sys.exit(host(read_launchers(Path(sys.argv[1])), modules=("json",), serve=serve))
+launchers = read_launchers(Path(sys.argv[1]))
+sys.exit(host(launchers, modules=("json",), serve=serve, pids_file=Path(sys.argv[2])))
 """
 
 
@@ -126,13 +127,17 @@ def test_the_host_forks_each_launcher_into_its_own_log_and_outlives_all_but_the_
     path = write_launchers(tmp_path / "launchers.json", [entry(tmp_path, n) for n in ("a", "b")])
     ready = {name: tmp_path / f"{name}.ready" for name in ("a", "b")}
     host_log = tmp_path / "launchers.log"
+    pids_file = tmp_path / "launcher-pids.json"
     with host_log.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - fixed argv
-            [sys.executable, "-c", HOST_SCRIPT, str(path)], stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-c", HOST_SCRIPT, str(path), str(pids_file)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_for(lambda: all(file.exists() and file.read_text() for file in ready.values()))
         pids = {name: int(file.read_text()) for name, file in ready.items()}
+        assert json.loads(pids_file.read_text()) == pids
 
         ready["a"].unlink()  # a's SuperNode is gone: a exits, b and the host stay
         wait_for(lambda: "Launcher for a exited with code 0" in host_log.read_text())
