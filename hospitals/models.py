@@ -128,8 +128,10 @@ def build_model(spec: ModelSpec, *, n_features: int, seed: int) -> nn.Module:
     if n_features < 1:
         raise ValueError(f"n_features must be at least 1, got {n_features}")
     entry = catalog_entry(spec.name)
+    # Models are built on the CPU: only its generator is seeded, and restored. torch.manual_seed
+    # would seed every GPU's too, which fork_rng(devices=[]) does not restore.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         return entry.build(spec.hyperparameters, n_features)
 
 

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flwr.supercore.exit.exit as flower_exit
 import psutil
 import pytest
+from flwr.supercore import telemetry
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
+from flwr.supernode.runtime import run_clientapp as clientapp_runtime
 from opacus.accountants import RDPAccountant
 
 from federation.deployment import LocalFederation
@@ -26,6 +29,7 @@ from hospitals.launcher import (
     exit_code,
     parse_args,
     preload,
+    skip_disabled_telemetry,
 )
 from hospitals.protocol import canonical_json
 
@@ -194,6 +198,37 @@ def test_preload_freezes_what_it_imported_out_of_the_tasks_garbage_collections()
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.fixture
+def flower_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's `event` in the modules `skip_disabled_telemetry` rebinds, restored afterwards."""
+    for module in (clientapp_runtime, flower_exit):
+        monkeypatch.setattr(module, "event", telemetry.event)
+
+
+@pytest.mark.usefixtures("flower_events")
+def test_with_telemetry_off_a_task_builds_no_telemetry_event(monkeypatch):
+    def describe_the_platform(*args: object) -> str:
+        raise AssertionError("built a telemetry event")
+
+    monkeypatch.setattr(telemetry, "FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setattr(telemetry, "create_event", describe_the_platform)
+
+    skip_disabled_telemetry()
+
+    for module in (clientapp_runtime, flower_exit):
+        assert module.event(telemetry.EventType.FLWR_CLIENTAPP_RUN_ENTER).result(timeout=5) == ""
+
+
+@pytest.mark.usefixtures("flower_events")
+def test_with_telemetry_on_tasks_send_flowers_events(monkeypatch):
+    monkeypatch.setattr(telemetry, "FLWR_TELEMETRY_ENABLED", "1")
+
+    skip_disabled_telemetry()
+
+    assert clientapp_runtime.event is telemetry.event
+    assert flower_exit.event is telemetry.event
 
 
 def test_close_stops_running_tasks_and_reaps_them():

@@ -150,6 +150,15 @@ def test_building_a_model_leaves_the_global_rng_alone() -> None:
     torch.testing.assert_close(torch.rand(3), expected)
 
 
+def test_building_a_model_seeds_no_gpu_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    def seed_every_gpu(seed: int) -> None:
+        raise AssertionError(f"seeded every GPU's generator with {seed}")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seed_every_gpu)
+
+    build_model(spec(), n_features=N_FEATURES, seed=5)
+
+
 def test_flat_parameters_follow_named_parameters_order() -> None:
     model = build_model(spec(hidden=[3]), n_features=N_FEATURES, seed=0)
 
