@@ -85,10 +85,11 @@ CUDA_MEMORY_NOTE = (
     "weights return to the CPU after every epoch, as train_dp and train_plain return them."
 )
 MODES_NOTE = (
-    "DP modes: hooks and functorch materialise every row's gradient; ghost clipping computes "
-    "only each row's gradient norm, then backpropagates the clip-weighted loss a second time. "
-    "All clip to the same norm and add the same noise. Nodes train in the mode marked * "
-    "(grad_sample_mode_for: hooks while batch × parameters stays small, ghost clipping beyond)."
+    "DP modes: hooks, functorch and ew (torch's ExpandedWeights) materialise every row's "
+    "gradient; ghost clipping computes only each row's gradient norm, then backpropagates the "
+    "clip-weighted loss a second time. All clip to the same norm and add the same noise. Nodes "
+    "train in the mode marked * (grad_sample_mode_for: ew while batch × parameters stays small, "
+    "ghost clipping beyond)."
 )
 
 FloatArray = npt.NDArray[np.float32]

@@ -81,25 +81,31 @@ class GradSampleMode(StrEnum):
 
     HOOKS = "hooks"  # per-sample gradients from module hooks, one tensor per row and parameter
     FUNCTORCH = "functorch"  # the same tensors from torch.func.vmap
+    # The same tensors from torch's ExpandedWeights: each layer's own autograd function computes
+    # them during the backward pass, with no module hook in between.
+    EXPANDED_WEIGHTS = "ew"
     # Per-sample gradient norms only (Li et al. 2022, "ghost clipping"), then a second backward
     # of the clip-weighted loss: no per-sample gradient is ever materialised.
     GHOST = "ghost"
 
 
-# Hooks hold batch × parameters per-sample gradient values a step; below this many they are the
-# faster mode. Measured on CPU (bench suite dp, batch 64, one thread), DP epoch / non-DP epoch,
-# hooks vs ghost clipping: logistic regression (11 parameters) 2.6× vs 3.1×, MLP 32 (385) 3.0× vs
-# 3.7×, MLP 128 (1,537) 2.7× vs 3.1×, MLP 64×64 (4,929: 315k values) 3.9× vs 3.9×, MLP 128×128
-# (18,049) 5.8× vs 4.1×, MLP 256×256 12.4× vs 3.4×: ghost clipping's second backward costs a
-# small model more than its per-sample gradients, and no wide model can blow up memory.
-HOOKS_MAX_PER_SAMPLE_VALUES = 2**18
+# ExpandedWeights holds batch × parameters per-sample gradient values a step; up to this many it
+# is the fastest mode. Measured on CPU (bench suite dp, batch 64, one thread), DP epoch / non-DP
+# epoch, ExpandedWeights vs hooks vs ghost clipping: logistic regression (11 parameters) 2.7× vs
+# 2.9× vs 4.0×, MLP 32 (385) 2.8× vs 3.6× vs 4.7×, MLP 128 (1,537) 3.7× vs 3.9× vs 4.3×, MLP
+# 64×64 (4,929: 315k values) 3.7× vs 4.5× vs 5.8×, MLP 80×80 (7,441: 476k) 4.4× vs ghost 4.6×,
+# MLP 96×96 (10,465: 670k) 4.9× vs 4.6×, MLP 128×128 (18,049) 7.0× vs 4.5×, MLP 256×256 12.0× vs
+# 4.3×. Ghost clipping's second backward costs a small model more than its per-sample gradients,
+# and no wide model can blow up memory. A single wide layer favours ExpandedWeights a little
+# further (MLP 1024, 721k values: 3.7× vs 3.9×); the bound is where two hidden layers turn.
+PER_SAMPLE_MAX_VALUES = 2**19
 
 
 def grad_sample_mode_for(model: nn.Module, *, batch_size: int) -> GradSampleMode:
-    """Hooks while a step's per-sample gradients stay small, ghost clipping beyond."""
+    """ExpandedWeights while a step's per-sample gradients stay small, ghost clipping beyond."""
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if batch_size * parameters <= HOOKS_MAX_PER_SAMPLE_VALUES:
-        return GradSampleMode.HOOKS
+    if batch_size * parameters <= PER_SAMPLE_MAX_VALUES:
+        return GradSampleMode.EXPANDED_WEIGHTS
     return GradSampleMode.GHOST
 
 
@@ -601,13 +607,20 @@ class _PrivateTraining:
     optimizer: DPOptimizer
     loader: DPDataLoader
     loss: Callable[[torch.Tensor, torch.Tensor], _Loss]
+    mode: GradSampleMode
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.optimizer.zero_grad()
-        logits = binary_logits(self.module, inputs)
-        # On an empty batch the mean loss is NaN but every per-sample gradient (or norm) is
-        # empty, so the step adds noise only; it must run, as q assumes.
-        self.loss(logits, targets).backward()
+        # On an empty batch every per-sample gradient (or norm) is empty, so the step adds noise
+        # only; it must run, as q assumes.
+        if len(targets) == 0 and self.mode is GradSampleMode.EXPANDED_WEIGHTS:
+            # torch's ExpandedWeights refuses a batch of no rows: its empty per-sample gradients
+            # are set as the other modes' backward leaves them (the mean loss would be NaN).
+            for parameter in self.module.parameters():
+                if parameter.requires_grad:
+                    parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
+        else:
+            self.loss(binary_logits(self.module, inputs), targets).backward()
         self.optimizer.step()
 
 
@@ -636,9 +649,9 @@ def _make_private(
     )
     if mode is GradSampleMode.GHOST:
         module, optimizer, ghost_loss, private_loader = made
-        return _PrivateTraining(module, optimizer, private_loader, ghost_loss)
+        return _PrivateTraining(module, optimizer, private_loader, ghost_loss, mode)
     module, optimizer, private_loader = made
-    return _PrivateTraining(module, optimizer, private_loader, criterion)
+    return _PrivateTraining(module, optimizer, private_loader, criterion, mode)
 
 
 def train_dp(

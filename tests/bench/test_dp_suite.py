@@ -35,7 +35,7 @@ def test_every_catalog_model_and_every_mode_is_measured(quick_run: QuickRun) -> 
     figures = quick_run.figures("dp")
     specs = {model["spec"]["name"] for model in figures["models"].values()}
     assert specs == set(CATALOG)
-    assert figures["dp_modes"] == ["hooks", "functorch", "ghost"] == list(GradSampleMode)
+    assert figures["dp_modes"] == ["hooks", "functorch", "ew", "ghost"] == list(GradSampleMode)
     assert all(set(model["modes"]) == set(GradSampleMode) for model in figures["models"].values())
 
 
