@@ -51,7 +51,7 @@ test: lint typecheck pytest
 bench: setup
 	$(BIN)/python -m bench.run --out var/bench
 
-# The same suites at small sizes, in about three to five minutes (CI runs it through tests/bench to prove they work).
+# The same suites at small sizes, in about a minute (CI runs it through tests/bench to prove they work).
 bench-quick: setup
 	$(BIN)/python -m bench.run --quick --out var/bench
 

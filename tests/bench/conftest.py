@@ -1,6 +1,6 @@
 """One `python -m bench.run --quick` per test session, read by every bench test.
 
-The quick run takes minutes; each suite's tests check the files it wrote (results.json, report.md
+The quick run takes about a minute; each suite's tests check the files it wrote (results.json, report.md
 and the plots) instead of running their suite again.
 """
 
