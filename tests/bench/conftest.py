@@ -1,7 +1,7 @@
 """One `python -m bench.run --quick` per test session, read by every bench test.
 
-The quick run takes about a minute; each suite's tests check the files it wrote (results.json, report.md
-and the plots) instead of running their suite again.
+The quick run takes about a minute; each suite's tests check the files it wrote (results.json,
+report.md and the plots) instead of running their suite again.
 """
 
 from __future__ import annotations
