@@ -101,9 +101,7 @@ def round_request(msg: Message) -> RoundRequest:
         protocol = StudyProtocol.from_json(protocol_json)
     except ProtocolError as error:
         raise RoundRefusedError("invalid-protocol", str(error)) from error
-    global_state = None
-    if wire.GLOBAL_STATE in msg.content.array_records:
-        global_state = bytes(msg.content.array_records[wire.GLOBAL_STATE][wire.BLOB].data)
+    global_state = _global_state(msg.content, config)
     weight_unit = config.get("weight_unit")
     if weight_unit is not None and (type(weight_unit) is not int or weight_unit < 1):
         raise RoundRefusedError(
@@ -120,6 +118,20 @@ def round_request(msg: Message) -> RoundRequest:
     )
 
 
+def _global_state(content: RecordDict, config: ConfigRecord) -> bytes | None:
+    """The round's global state, inline in its config or a record of its own (hospitals.wire)."""
+    inline = config.get(wire.GLOBAL_STATE)
+    if inline is not None:
+        if not isinstance(inline, bytes):
+            raise RoundRefusedError(
+                "invalid-request", f"the round's global state is {type(inline).__name__}, not bytes"
+            )
+        return inline
+    if wire.GLOBAL_STATE in content.array_records:
+        return bytes(content.array_records[wire.GLOBAL_STATE][wire.BLOB].data)
+    return None
+
+
 def _train_reply(outcome: TrainOutcome) -> tuple[RecordDict, str]:
     step = outcome.step
     blob = outcome.update
@@ -132,16 +144,17 @@ def _train_reply(outcome: TrainOutcome) -> tuple[RecordDict, str]:
         "rows_rounded": outcome.rows_rounded,
         "train_seconds": outcome.train_seconds,
     }
-    report = {wire.TRAIN_SECTION + key: value for key, value in spent.items()}
+    report: dict[str, ConfigRecordValues] = {
+        wire.TRAIN_SECTION + key: value for key, value in spent.items()
+    }
     if outcome.evaluation is not None:
         report |= eval_section(outcome.evaluation)
+    if len(blob) <= wire.INLINE_MAX_BYTES:
+        report[wire.UPDATE] = blob
+        return RecordDict({wire.REPORT: ConfigRecord(report)}), outcome.consent
+    update = Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)
     content = RecordDict(
-        {
-            wire.UPDATE: ArrayRecord(
-                {wire.BLOB: Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)}
-            ),
-            wire.REPORT: ConfigRecord(report),
-        }
+        {wire.UPDATE: ArrayRecord({wire.BLOB: update}), wire.REPORT: ConfigRecord(report)}
     )
     return content, outcome.consent
 

@@ -116,7 +116,7 @@ def plaintext_update(reply: Reply, names: HospitalNames, round_number: int) -> P
     reason = refusal_reason(reply.message)
     if reason:
         raise RunFailedError(f"round {round_number}: {hospital} {reason}")
-    blob = blob_of(reply.message, wire.UPDATE)
+    blob = blob_of(reply.message.content, wire.UPDATE, inline_in=wire.REPORT)
     report = reply.message.content.config_records[wire.REPORT]
     return PlaintextUpdate(
         node_id=reply.node_id,

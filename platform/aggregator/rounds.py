@@ -292,19 +292,30 @@ def round_content(
         round_config["weight_unit"] = weight_unit
     content = RecordDict({wire.ROUND_CONFIG: ConfigRecord(round_config)})
     if global_state is not None:
-        content[wire.GLOBAL_STATE] = blob_record(global_state)
+        put_blob(content, wire.GLOBAL_STATE, global_state, inline_in=wire.ROUND_CONFIG)
     return content
 
 
-def blob_record(blob: bytes) -> ArrayRecord:
-    # A raw bytes Array travels in 5 MiB chunks, unlike ConfigRecord bytes (STACK-NOTES).
-    return ArrayRecord(
-        {wire.BLOB: Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)}
-    )
+def put_blob(content: RecordDict, name: str, blob: bytes, *, inline_in: str) -> None:
+    """Put `blob` in `content` under `name` as the wire says (wire.INLINE_MAX_BYTES): inline in
+    `content`'s ConfigRecord `inline_in`, or as a record of its own."""
+    if len(blob) <= wire.INLINE_MAX_BYTES:
+        content.config_records[inline_in][name] = blob
+    else:
+        content[name] = ArrayRecord(
+            {wire.BLOB: Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)}
+        )
 
 
-def blob_of(reply: Message, record: str) -> bytes:
-    return bytes(reply.content.array_records[record][wire.BLOB].data)
+def blob_of(content: RecordDict, name: str, *, inline_in: str) -> bytes:
+    """The blob `put_blob` put in `content`: KeyError where there is none, TypeError where the
+    ConfigRecord holds something else under its name."""
+    inline = content.config_records[inline_in].get(name)
+    if inline is None:
+        return bytes(content.array_records[name][wire.BLOB].data)
+    if not isinstance(inline, bytes):
+        raise TypeError(f"{name} is {type(inline).__name__}, not bytes")
+    return inline
 
 
 def exchange(
@@ -450,7 +461,7 @@ def parse_contribution(reply: Reply, hospital: str, config: AggregatorConfig) ->
     # ReceivedUpdates adds the update to its sum at once, and that loads and checks each
     # ciphertext: loading them here too would double the aggregator's work.
     update = read_update(
-        blob_of(reply.message, wire.UPDATE),
+        blob_of(reply.message.content, wire.UPDATE, inline_in=wire.REPORT),
         context=config.he_context,
         max_bytes=config.max_update_bytes,
         check_ciphertexts=False,

@@ -17,11 +17,12 @@ from flwr.supercore.constant import SYSTEM_MESSAGE_TYPE
 from aggregator import wire
 from aggregator.config import AggregatorConfig, ConfigError
 from aggregator.results import JsonlResultsSink, read_events
-from aggregator.rounds import RunFailedError, blob_of, blob_record, run_study
+from aggregator.rounds import RunFailedError, blob_of, put_blob, run_study
 from crypto import Quantization
 from crypto.codec import Update, read_update
 from demo.setup import DEMO_CONSENT_WAIVER, Consortium, node_policy_toml
 from federation.inprocess import RUN_ID, InProcessGrid
+from hospitals import wire as hospital_wire
 from hospitals.ledger import PrivacyLedger
 from hospitals.participation import released_model_path
 from hospitals.protocol import canonical_json
@@ -55,9 +56,31 @@ def released(consortium: Consortium, hospital: str) -> np.ndarray:
     return np.load(path)["parameters"]
 
 
-def test_every_hospital_contributes_and_all_decrypt_the_same_model(make_consortium, tmp_path):
+def carries_blob(message: Message) -> bool:
+    """Whether `message` carries a global state or an update, inline or as a record."""
+    content = message.content
+    return bool(content.array_records) or any(
+        name in content.config_records.get(record, {})
+        for name, record in ((wire.GLOBAL_STATE, wire.ROUND_CONFIG), (wire.UPDATE, wire.REPORT))
+    )
+
+
+@pytest.mark.parametrize("inline_max_bytes", [wire.INLINE_MAX_BYTES, 0])
+def test_every_hospital_contributes_and_all_decrypt_the_same_model(
+    make_consortium, tmp_path, monkeypatch, inline_max_bytes
+):
+    # Both parties follow the wire's limit; at 0 every blob travels as a record of its own.
+    monkeypatch.setattr(wire, "INLINE_MAX_BYTES", inline_max_bytes)
+    monkeypatch.setattr(hospital_wire, "INLINE_MAX_BYTES", inline_max_bytes)
     consortium = make_consortium(rounds=2)
-    rounds = run(consortium, tmp_path, InProcessGrid(consortium.hospitals))
+    grid = InProcessGrid(consortium.hospitals)
+    rounds = run(consortium, tmp_path, grid)
+
+    carrying = [message for message in grid.sent + grid.received if carries_blob(message)]
+    # To each hospital: round 2's global state and the final model; from each: two updates.
+    assert len(carrying) == 3 * 4
+    as_records = {bool(message.content.array_records) for message in carrying}
+    assert as_records == {inline_max_bytes == 0}
 
     assert [r["round"] for r in rounds] == [1, 2]
     for result in rounds:
@@ -207,16 +230,26 @@ def junk_ciphertext(update: Update) -> bytes:
     return replace(update, chunks=(b"not a ciphertext", *update.chunks[1:])).to_bytes()
 
 
+def sent_update(reply: Message) -> bytes | None:
+    """The update a train reply carries; None for an evaluation or a refusal."""
+    try:
+        return blob_of(reply.content, wire.UPDATE, inline_in=wire.REPORT)
+    except KeyError:
+        return None
+
+
+def replace_update(reply: Message, blob: bytes) -> None:
+    put_blob(reply.content, wire.UPDATE, blob, inline_in=wire.REPORT)
+
+
 @pytest.mark.parametrize("garbled", [junk_update, junk_ciphertext])
 def test_a_malformed_update_is_rejected_without_stopping_the_round(
     make_consortium, tmp_path, garbled: Callable[[Update], bytes]
 ):
     def garble(reply: Message) -> Message:
-        if wire.UPDATE in reply.content.array_records:
-            update = read_update(
-                blob_of(reply, wire.UPDATE), context=consortium.key, max_bytes=1 << 20
-            )
-            reply.content.array_records[wire.UPDATE] = blob_record(garbled(update))
+        if (blob := sent_update(reply)) is not None:
+            update = read_update(blob, context=consortium.key, max_bytes=1 << 20)
+            replace_update(reply, garbled(update))
         return reply
 
     consortium = make_consortium(rounds=1)
@@ -228,17 +261,29 @@ def test_a_malformed_update_is_rejected_without_stopping_the_round(
     assert result["dropped"]["hospital-b"].startswith("rejected its update: ")
 
 
+def test_an_update_that_is_not_bytes_is_rejected_by_name(make_consortium, tmp_path):
+    def stringify(reply: Message) -> Message:
+        if sent_update(reply) is not None:
+            reply.content.config_records[wire.REPORT][wire.UPDATE] = "not a ciphertext"
+        return reply
+
+    consortium = make_consortium(rounds=1)
+    grid = InProcessGrid(consortium.hospitals, hooks={"hospital-b": stringify})
+
+    (result,) = run(consortium, tmp_path, grid)
+
+    assert sorted(result["participants"]) == ["hospital-a", "hospital-c"]
+    assert result["dropped"] == {"hospital-b": "rejected its update: update is str, not bytes"}
+
+
 def test_an_update_in_another_quantization_is_dropped_and_the_others_summed(
     make_consortium, tmp_path
 ):
     # Parses as a sound update, but cannot be summed with the others: their fields differ.
     def requantize(reply: Message) -> Message:
-        if wire.UPDATE in reply.content.array_records:
-            update = read_update(
-                blob_of(reply, wire.UPDATE), context=consortium.key, max_bytes=1 << 20
-            )
-            other = replace(update, quantization=Quantization(clip=4.0))
-            reply.content.array_records[wire.UPDATE] = blob_record(other.to_bytes())
+        if (blob := sent_update(reply)) is not None:
+            update = read_update(blob, context=consortium.key, max_bytes=1 << 20)
+            replace_update(reply, replace(update, quantization=Quantization(clip=4.0)).to_bytes())
         return reply
 
     consortium = make_consortium(rounds=1)

@@ -17,6 +17,7 @@ from flwr.app import Message, RecordDict
 
 from aggregator.config import AggregatorConfig
 from aggregator.results import JsonlResultsSink, read_events
+from aggregator.rounds import blob_of
 from bench import plaintext
 from bench.plaintext import client_app as plaintext_client
 from bench.plaintext import wire as plain
@@ -66,11 +67,11 @@ def run_plaintext(
 
 
 def train_replies(grid: InProcessGrid) -> list[Message]:
-    return [m for m in grid.received if wire.UPDATE in m.content.array_records]
+    return [m for m in grid.received if wire.UPDATE in m.content.config_records[wire.REPORT]]
 
 
 def model_of(train_reply: RecordDict) -> npt.NDArray[np.float32]:
-    return plain.from_bytes(bytes(train_reply.array_records[wire.UPDATE][wire.BLOB].data))
+    return plain.from_bytes(blob_of(train_reply, wire.UPDATE, inline_in=wire.REPORT))
 
 
 @pytest.mark.slow

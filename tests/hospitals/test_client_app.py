@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, Message, RecordDict
 
 from demo.setup import DEMO_CONSENT_WAIVER, node_policy_toml
 from federation.inprocess import InProcessGrid
@@ -13,15 +13,20 @@ from hospitals import wire
 from hospitals.protocol import canonical_json
 
 
-def ask(consortium, message_type: str, *, cpu_threads: int | None = None) -> Message:
+def ask(
+    consortium,
+    message_type: str,
+    *,
+    cpu_threads: int | None = None,
+    round_config: dict[str, ConfigRecordValues] | None = None,
+) -> Message:
     grid = InProcessGrid([dataclasses.replace(consortium.hospitals[0], cpu_threads=cpu_threads)])
-    content = RecordDict(
-        {
-            wire.ROUND_CONFIG: ConfigRecord(
-                {"round": 1, "protocol": canonical_json(consortium.protocol.document)}
-            )
-        }
-    )
+    config: dict[str, ConfigRecordValues] = {
+        "round": 1,
+        "protocol": canonical_json(consortium.protocol.document),
+        **(round_config or {}),
+    }
+    content = RecordDict({wire.ROUND_CONFIG: ConfigRecord(config)})
     message = Message(
         content,
         dst_node_id=grid.node_id(consortium.hospitals[0].hospital),
@@ -72,16 +77,17 @@ def test_a_task_trains_with_the_threads_its_node_config_gives(make_consortium):
         torch.set_num_threads(threads)
 
 
-def test_a_reply_is_the_update_and_one_report(make_consortium):
-    # Flower sends each record as an object of its own, one request per hop: the facts a reply
-    # reports travel in one record.
+def test_a_reply_is_one_report_that_carries_a_small_update(make_consortium):
+    # Flower sends each record, Array and chunk as an object of its own, one request per hop: the
+    # facts a reply reports travel in one record, and an update under 1 MiB travels in it too.
     consortium = make_consortium(rounds=1)
 
     train = ask(consortium, wire.TRAIN)
     evaluate = ask(consortium, wire.EVALUATE)
 
-    assert set(train.content) == {wire.UPDATE, wire.REPORT}
+    assert set(train.content) == {wire.REPORT}
     report = train.content.config_records[wire.REPORT]
+    assert 0 < len(report[wire.UPDATE]) <= wire.INLINE_MAX_BYTES
     assert report["hospital"] == consortium.hospitals[0].hospital
     assert report[wire.TRAIN_SECTION + "steps"] > 0
     assert 0 < report[wire.TRAIN_SECTION + "epsilon"] <= consortium.protocol.privacy.target_epsilon
@@ -89,3 +95,24 @@ def test_a_reply_is_the_update_and_one_report(make_consortium):
     evaluation = evaluate.content.config_records[wire.REPORT]
     assert evaluation[wire.EVAL_SECTION + "rows_rounded"] > 0
     assert 0 <= evaluation[wire.EVAL_SECTION + "roc_auc"] <= 1
+
+
+def test_a_larger_update_travels_as_a_record_of_its_own(make_consortium, monkeypatch):
+    monkeypatch.setattr(wire, "INLINE_MAX_BYTES", 0)
+    consortium = make_consortium(rounds=1)
+
+    train = ask(consortium, wire.TRAIN)
+
+    assert set(train.content) == {wire.UPDATE, wire.REPORT}
+    assert wire.UPDATE not in train.content.config_records[wire.REPORT]
+    assert len(train.content.array_records[wire.UPDATE][wire.BLOB].data) > 0
+
+
+def test_a_global_state_that_is_not_bytes_is_refused(make_consortium):
+    consortium = make_consortium(rounds=1)
+
+    reply = ask(consortium, wire.TRAIN, round_config={wire.GLOBAL_STATE: "not a ciphertext"})
+
+    refusal = reply.content.config_records[wire.REFUSAL]
+    assert refusal["code"] == "invalid-request"
+    assert refusal["reason"] == "the round's global state is str, not bytes"
