@@ -36,6 +36,7 @@ from typing import Any
 import psutil
 from matplotlib.figure import Figure
 
+from aggregator import wire
 from bench import plaintext
 from bench.consortium import MAX_LIFETIME_EPSILON, SyntheticCohort, synthetic_consortium
 from bench.core import Goal, SuiteResult, Table
@@ -806,7 +807,10 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             f"until a message for it is complete (up to {PULL_WAIT_S:g} s), where Flower's "
             "SuperNode would poll every 3 s; SuperNodes (cohort-supernode) hold a launcher's "
             "request until a task is pending. Each node's tasks use its share of the cores "
-            "(cpu-threads). A round is one exchange per hospital (evaluate the model it "
+            "(cpu-threads). A global model or update of at most "
+            f"{wire.INLINE_MAX_BYTES // 2**20} MiB travels inside its message's ConfigRecord: "
+            "three Flower objects a message, each one HTTP request per hop, not six. "
+            "A round is one exchange per hospital (evaluate the model it "
             "receives, then train), and the last round adds the final evaluation; the "
             "overhead also holds every hospital's HE encryption and decryption (once per global "
             "model) and its evaluation, all sharing this machine's cores.",
