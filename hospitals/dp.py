@@ -614,8 +614,8 @@ class _PrivateTraining:
         # On an empty batch every per-sample gradient (or norm) is empty, so the step adds noise
         # only; it must run, as q assumes.
         if len(targets) == 0 and self.mode is GradSampleMode.EXPANDED_WEIGHTS:
-            # torch's ExpandedWeights refuses a batch of no rows: its empty per-sample gradients
-            # are set as the other modes' backward leaves them (the mean loss would be NaN).
+            # torch's ExpandedWeights refuses a batch of no rows, so its empty per-sample
+            # gradients are set here, as the other modes' backward leaves them.
             for parameter in self.module.parameters():
                 if parameter.requires_grad:
                     parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
