@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,8 +51,13 @@ from hospitals.protocol import canonical_json
 STUDY_ID = "bench-federation"
 # (hospitals, rounds): 3 → 50 hospitals, as the issue asks; on 2 cores the 50-hospital case takes
 # about 2 minutes, 45 s of it start-up. Four rounds each, so that every median holds two rounds
-# (with three, 30 hospitals measured 5.0 and 6.0 s in two runs).
-FULL_CASES = ((3, 4), (10, 4), (30, 4), (50, 4))
+# (with three, 30 hospitals measured 5.0 and 6.0 s in two runs). Then 10 hospitals again: the
+# goals at 10 (overhead, and the scale goal's reference) take the mean of the runs before and
+# after the larger cases, so that the machine's drift over those minutes weighs on both sides of
+# the scale goal. Judged on the first run alone, one full run's 10 hospitals measured 1.23 s a
+# round, and 1.48 and 1.57 s in runs around a 50-hospital one minutes later: 1.43× against
+# 1.13-1.20× per hospital.
+FULL_CASES = ((3, 4), (10, 4), (30, 4), (50, 4), (10, 4))
 QUICK_CASES = ((2, 1),)
 ROWS_PER_HOSPITAL = 300
 TEST_ROWS = 100
@@ -293,10 +298,11 @@ class ScaleResult:
 
     @property
     def overhead_goal_met(self) -> bool | None:
-        """The overhead goal's verdict: None unless this is the goal's case, measured."""
+        """The overhead goal's verdict on this run alone: None unless it has the goal's
+        hospitals and steady rounds."""
         if self.hospitals != OVERHEAD_GOAL_HOSPITALS or self.median_overhead is None:
             return None
-        return self.median_overhead <= OVERHEAD_GOAL_S
+        return within_overhead_goal(self.median_overhead)
 
     @property
     def cpu_s_per_round(self) -> dict[str, float]:
@@ -656,8 +662,21 @@ def run(*, quick: bool) -> SuiteResult:
     )
 
 
+def within_overhead_goal(overhead_s: float) -> bool:
+    return overhead_s <= OVERHEAD_GOAL_S
+
+
 def _case(results: Sequence[ScaleResult], hospitals: int) -> ScaleResult | None:
     return next((r for r in results if r.hospitals == hospitals), None)
+
+
+def _steady(results: Sequence[ScaleResult], hospitals: int) -> list[ScaleResult]:
+    """The runs of `hospitals` hospitals that had steady rounds, in the order they ran."""
+    return [r for r in results if r.hospitals == hospitals and r.median_seconds is not None]
+
+
+def _both(values: Iterable[float], unit: str = "") -> str:
+    return " and ".join(f"{value:.2f}{unit}" for value in values)
 
 
 def overhead_goal(results: Sequence[ScaleResult]) -> Goal:
@@ -667,14 +686,16 @@ def overhead_goal(results: Sequence[ScaleResult]) -> Goal:
         measured="not measured",
         met=None,
     )
-    case = _case(results, OVERHEAD_GOAL_HOSPITALS)
-    if case is None or case.overhead_goal_met is None:
+    cases = _steady(results, OVERHEAD_GOAL_HOSPITALS)
+    overheads = [case.median_overhead for case in cases if case.median_overhead is not None]
+    if not overheads:
         return goal
-    return replace(
-        goal,
-        measured=f"{case.median_overhead:.2f} s (median round {case.median_seconds:.2f} s)",
-        met=case.overhead_goal_met,
-    )
+    rounds = [case.median_seconds for case in cases if case.median_seconds is not None]
+    mean = statistics.mean(overheads)
+    measured = f"{_both(overheads, ' s')} (median round {_both(rounds, ' s')})"
+    if len(overheads) > 1:
+        measured = f"{mean:.2f} s: the mean of {measured}"
+    return replace(goal, measured=measured, met=within_overhead_goal(mean))
 
 
 def he_round_goal(comparison: Comparison) -> Goal:
@@ -704,16 +725,21 @@ def scale_goal(results: Sequence[ScaleResult], skipped: Sequence[str]) -> Goal:
         measured="; ".join(s for s in skipped if s.startswith(f"{SCALE_GOAL_HOSPITALS} ")),
         met=None,
     )
-    base, largest = _case(results, OVERHEAD_GOAL_HOSPITALS), _case(results, SCALE_GOAL_HOSPITALS)
-    at_base = base.seconds_per_hospital if base else None
+    bases = [
+        case.seconds_per_hospital
+        for case in _steady(results, OVERHEAD_GOAL_HOSPITALS)
+        if case.seconds_per_hospital is not None
+    ]
+    largest = _case(results, SCALE_GOAL_HOSPITALS)
     at_largest = largest.seconds_per_hospital if largest else None
-    if at_base is None or at_largest is None:
+    if not bases or at_largest is None:
         return replace(goal, measured=goal.measured or "not measured")
-    growth = at_largest / at_base
+    growth = at_largest / statistics.mean(bases)
+    at_bases = " and ".join(f"{base:.3f}" for base in bases)
     return replace(
         goal,
         measured=f"{at_largest:.3f} s per hospital at {SCALE_GOAL_HOSPITALS}, "
-        f"{at_base:.3f} at {OVERHEAD_GOAL_HOSPITALS} ({growth:.2f}×)",
+        f"{at_bases} at {OVERHEAD_GOAL_HOSPITALS} ({growth:.2f}×)",
         met=growth <= 1 + LINEAR_TOLERANCE,
     )
 
@@ -801,6 +827,9 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "Medians are over the rounds between the first and the last: round 1 (shown apart) "
             "also waits for the ServerApp and first ClientApps to start, and the last round's "
             "seconds also hold the final evaluation.",
+            f"The full run measures {OVERHEAD_GOAL_HOSPITALS} hospitals twice, before and after "
+            "the larger cases: the overhead and scale goals take the mean of both, so that the "
+            "machine's drift over those minutes weighs on both sides of the scale goal.",
             "Each ClientApp task is forked from its hospital's warm launcher, not started fresh, "
             "and the launchers from one process that imported the ClientApp's modules once "
             "(cohort-launchers); the SuperLink (cohort-superlink) holds a SuperNode's empty pull "

@@ -238,6 +238,16 @@ def test_round_time_grows_linearly_while_per_hospital_seconds_stay_within_the_to
     assert steeper.met is False  # 1.3×
 
 
+def test_the_scale_goal_compares_50_hospitals_with_the_10_hospital_runs_around_it():
+    # The machine slowed down between the two runs of 10: their mean is the reference.
+    before, after = steady(10, round_s=2.0, overhead_s=1.9), steady(10, round_s=2.8, overhead_s=2.7)
+
+    goal = federation.scale_goal([before, steady(50, round_s=12.0, overhead_s=11.9), after], [])
+
+    assert goal.met is True  # 0.24 s per hospital against a mean of 0.24: 1.0×
+    assert goal.measured == "0.240 s per hospital at 50, 0.200 and 0.280 at 10 (1.00×)"
+
+
 def test_a_skipped_scale_case_leaves_the_goal_unjudged_with_the_reason():
     reason = "50 hospitals skipped: they need about 28 GiB (573 MiB each) and 22.0 GiB is available"
 
@@ -253,3 +263,12 @@ def test_the_overhead_goal_reads_the_10_hospital_case_only():
     assert federation.overhead_goal([small]).met is None
     assert federation.overhead_goal([small, steady(10, round_s=2.0, overhead_s=1.7)]).met is False
     assert federation.overhead_goal([steady(10, round_s=0.8, overhead_s=0.5)]).met is True
+
+
+def test_the_overhead_goal_takes_the_mean_of_the_10_hospital_runs():
+    before, after = steady(10, round_s=0.5, overhead_s=0.4), steady(10, round_s=0.8, overhead_s=0.7)
+
+    goal = federation.overhead_goal([before, steady(50, round_s=9.0, overhead_s=8.0), after])
+
+    assert goal.met is False  # 0.55 s
+    assert goal.measured == "0.55 s: the mean of 0.40 s and 0.70 s (median round 0.50 s and 0.80 s)"
