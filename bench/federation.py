@@ -675,8 +675,8 @@ def _steady(results: Sequence[ScaleResult], hospitals: int) -> list[ScaleResult]
     return [r for r in results if r.hospitals == hospitals and r.median_seconds is not None]
 
 
-def _both(values: Iterable[float], unit: str = "") -> str:
-    return " and ".join(f"{value:.2f}{unit}" for value in values)
+def _both(values: Iterable[float], spec: str, unit: str = "") -> str:
+    return " and ".join(f"{value:{spec}}{unit}" for value in values)
 
 
 def overhead_goal(results: Sequence[ScaleResult]) -> Goal:
@@ -692,7 +692,7 @@ def overhead_goal(results: Sequence[ScaleResult]) -> Goal:
         return goal
     rounds = [case.median_seconds for case in cases if case.median_seconds is not None]
     mean = statistics.mean(overheads)
-    measured = f"{_both(overheads, ' s')} (median round {_both(rounds, ' s')})"
+    measured = f"{_both(overheads, '.2f', ' s')} (median round {_both(rounds, '.2f', ' s')})"
     if len(overheads) > 1:
         measured = f"{mean:.2f} s: the mean of {measured}"
     return replace(goal, measured=measured, met=within_overhead_goal(mean))
@@ -735,11 +735,10 @@ def scale_goal(results: Sequence[ScaleResult], skipped: Sequence[str]) -> Goal:
     if not bases or at_largest is None:
         return replace(goal, measured=goal.measured or "not measured")
     growth = at_largest / statistics.mean(bases)
-    at_bases = " and ".join(f"{base:.3f}" for base in bases)
     return replace(
         goal,
         measured=f"{at_largest:.3f} s per hospital at {SCALE_GOAL_HOSPITALS}, "
-        f"{at_bases} at {OVERHEAD_GOAL_HOSPITALS} ({growth:.2f}×)",
+        f"{_both(bases, '.3f')} at {OVERHEAD_GOAL_HOSPITALS} ({growth:.2f}×)",
         met=growth <= 1 + LINEAR_TOLERANCE,
     )
 
