@@ -1,10 +1,10 @@
 """Measure 3: DP vs non-DP local training, epoch time and peak memory, for every catalog model.
 
 Each catalog model trains one epoch on the same synthetic cohort with `train_plain` (the baseline)
-and with `train_dp` in every per-sample gradient mode `train_dp` accepts (hooks, functorch, ghost
-clipping), with the same batch size, learning rate and seed: on the CPU, and on CUDA too where
-there is a GPU. Every (device, model, mode) runs in a fresh process, so that one training's
-allocations never count towards another's peak memory.
+and with `train_dp` in every per-sample gradient mode `train_dp` accepts (hooks, functorch,
+ExpandedWeights, ghost clipping), with the same batch size, learning rate and seed: on the CPU,
+and on CUDA too where there is a GPU. Every (device, model, mode) runs in a fresh process, so that
+one training's allocations never count towards another's peak memory.
 """
 
 from __future__ import annotations
