@@ -670,9 +670,9 @@ def _case(results: Sequence[ScaleResult], hospitals: int) -> ScaleResult | None:
     return next((r for r in results if r.hospitals == hospitals), None)
 
 
-def _steady(results: Sequence[ScaleResult], hospitals: int) -> list[ScaleResult]:
-    """The runs of `hospitals` hospitals that had steady rounds, in the order they ran."""
-    return [r for r in results if r.hospitals == hospitals and r.median_seconds is not None]
+def _runs(results: Sequence[ScaleResult], hospitals: int) -> list[ScaleResult]:
+    """Every run of `hospitals` hospitals, in the order they ran."""
+    return [r for r in results if r.hospitals == hospitals]
 
 
 def _both(values: Iterable[float], spec: str, unit: str = "") -> str:
@@ -686,7 +686,7 @@ def overhead_goal(results: Sequence[ScaleResult]) -> Goal:
         measured="not measured",
         met=None,
     )
-    cases = _steady(results, OVERHEAD_GOAL_HOSPITALS)
+    cases = _runs(results, OVERHEAD_GOAL_HOSPITALS)
     overheads = [case.median_overhead for case in cases if case.median_overhead is not None]
     if not overheads:
         return goal
@@ -727,7 +727,7 @@ def scale_goal(results: Sequence[ScaleResult], skipped: Sequence[str]) -> Goal:
     )
     bases = [
         case.seconds_per_hospital
-        for case in _steady(results, OVERHEAD_GOAL_HOSPITALS)
+        for case in _runs(results, OVERHEAD_GOAL_HOSPITALS)
         if case.seconds_per_hospital is not None
     ]
     largest = _case(results, SCALE_GOAL_HOSPITALS)
