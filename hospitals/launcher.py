@@ -73,6 +73,7 @@ from hospitals.polling import (
     replace_in_flower,
     retry_object_pulls_sooner,
 )
+from hospitals.processes import process_exists
 
 # What every task would otherwise import for itself: the ClientApp that
 # platform/federation/app/pyproject.toml names, and torch._dynamo (~190 modules, 0.4 s), which
@@ -454,15 +455,7 @@ def _acquire_and_launch(
 def _alive(pid: int | None) -> bool:
     """Whether the SuperNode runs: polled each turn, not watched from a thread as Flower does
     (supercore/app_utils.py), so that this process stays single-threaded for fork."""
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: it exists
-    return True
+    return pid is None or process_exists(pid)
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:

@@ -28,6 +28,7 @@ from typing import TypeAlias
 
 from federation.control import SCRIPTS_DIR, FlowerControl
 from hospitals.node import NodeSettings
+from hospitals.processes import process_exists
 
 STOP_GRACE_S = 5.0
 SUPERLINK_STATE = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME
@@ -382,18 +383,8 @@ class LocalFederation:
                 )
         forked = self._forked_launchers()
         for hospital in self._unready_launchers():
-            if hospital in forked and not _exists(forked[hospital]):
+            if hospital in forked and not process_exists(forked[hospital]):
                 raise RuntimeError(
                     f"{hospital}'s launcher exited during start-up; see its log "
                     f"{self._launcher_log(hospital)} and launchers.log beside it"
                 )
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
