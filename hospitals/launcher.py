@@ -286,12 +286,8 @@ def _remember_curves(curves: RdpCurves, reports: int) -> None:
 def _run_child(
     spec: ExecutionSpec, task: Callable[[ExecutionSpec], None], *, report: Callable[[], None]
 ) -> NoReturn:
-    code = 1
-    try:
-        # The parent's handlers would unwind into its loop and clean-up; Flower's run_clientapp
-        # installs the task's own.
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
+    def run() -> int:
+        # Flower's run_clientapp installs the task's own stop handlers.
         log(
             INFO,
             "Task %d runs in pid %d, forked by pid %d",
@@ -301,6 +297,23 @@ def _run_child(
         )
         code = exit_code(lambda: task(spec))
         report()
+        return code
+
+    exit_forked(run)
+
+
+def exit_forked(run: Callable[[], int]) -> NoReturn:
+    """In a child just forked: `run`, then exit with the status it returns (1 if it raised).
+
+    Stop signals take their default action until `run` installs handlers of its own: the parent's
+    would unwind into the parent's loop and clean-up. And the child leaves with `os._exit`, never
+    unwinding (module docstring, fork safety).
+    """
+    code = 1
+    try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        code = run()
     finally:
         flush_standard_streams()
         os._exit(code)

@@ -44,6 +44,7 @@ from hospitals.launcher import (
     STOP_SIGNALS,
     LauncherSettings,
     exit_code,
+    exit_forked,
     flush_standard_streams,
     parse_args,
     prepare_warm_process,
@@ -144,21 +145,17 @@ def host(
 
 
 def _run_launcher(launcher: HostedLauncher, serve: Callable[[LauncherSettings], None]) -> NoReturn:
-    code = 1
-    try:
+    def run() -> int:
         # Until serve_tasks installs its handlers, a stop signal ends the launcher at once: it has
-        # nothing to clean up yet (Python's SIGINT handler would raise into this frame instead).
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
+        # nothing to clean up yet.
         launcher.log_file.parent.mkdir(parents=True, exist_ok=True)
         log_fd = os.open(launcher.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log_fd, sys.stdout.fileno())
         os.dup2(log_fd, sys.stderr.fileno())
         os.close(log_fd)
-        code = exit_code(lambda: serve(launcher.settings))
-    finally:
-        flush_standard_streams()
-        os._exit(code)  # never unwind into the host's loop (hospitals/launcher.py, fork safety)
+        return exit_code(lambda: serve(launcher.settings))
+
+    exit_forked(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
