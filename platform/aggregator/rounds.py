@@ -45,23 +45,38 @@ MESSAGE_TTL_MARGIN_S = 10.0
 
 
 class ObjectPullDeadline:
-    """Flower's `pull_objects` for the ServerApp's grid, giving up on missing objects at
-    `deadline` (time.monotonic()).
+    """Flower's `pull_objects` for the ServerApp's grid, giving up on missing objects at the
+    deadline of the round being waited for (`until`).
 
     When a hospital dies while uploading its reply, the reply stays listed with objects that
     never come, and Flower's pull retries them until the SuperLink expires them, minutes later:
     the other hospitals' replies, pulled after it, would miss their round. An object that is there
-    is still pulled after the deadline. Without a deadline, Flower's own limits apply.
+    is still pulled after the deadline. Outside `until`, Flower's own limits apply.
     """
 
     def __init__(self, pull: Callable[..., dict[str, bytes]]) -> None:
         self._pull = pull
         self.__wrapped__ = pull  # for inspect.signature: Flower's parameters
-        self.deadline = math.inf
+        # One at a time: Flower's grid calls its module's `pull_objects`, and a ServerApp waits
+        # for one exchange at a time.
+        self._deadline = math.inf
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
+
+    @contextmanager
+    def until(self, deadline: float) -> Iterator[None]:
+        """Pulls made inside give up on missing objects at `deadline` (time.monotonic())."""
+        self._deadline = deadline
+        try:
+            yield
+        finally:
+            self._deadline = math.inf
 
     def __call__(self, *args: object, **kwargs: object) -> dict[str, bytes]:
-        if self.deadline != math.inf:
-            kwargs["max_time"] = max(0.0, self.deadline - time.monotonic())
+        if self._deadline != math.inf:
+            kwargs["max_time"] = max(0.0, self._deadline - time.monotonic())
         return self._pull(*args, **kwargs)
 
 
@@ -349,8 +364,7 @@ def exchange(
     }
     deadline = time.monotonic() + timeout_s
     replies: list[Reply] = []
-    OBJECT_PULLS.deadline = deadline
-    try:
+    with OBJECT_PULLS.until(deadline):
         while pending:
             began = time.monotonic()
             for message in grid.pull_messages(list(pending)):
@@ -366,8 +380,6 @@ def exchange(
             if not pending or began >= deadline:
                 break
             time.sleep(REPLY_POLL_INTERVAL_S)
-    finally:
-        OBJECT_PULLS.deadline = math.inf
     return replies
 
 

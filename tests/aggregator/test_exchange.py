@@ -38,6 +38,7 @@ class StalledGrid:
 
     clock: Clock
     pulls: list[set[str]] = field(default_factory=list)
+    object_pull_deadlines: list[float] = field(default_factory=list)
     expiry: dict[str, float] = field(default_factory=dict)
 
     def push_messages(self, messages: list[Message]) -> list[str]:
@@ -50,6 +51,7 @@ class StalledGrid:
 
     def pull_messages(self, pending: set[str]) -> list[SimpleNamespace]:
         self.pulls.append(set(pending))
+        self.object_pull_deadlines.append(rounds.OBJECT_PULLS.deadline)
         if len(self.pulls) == 1:
             self.clock.now += 46.0  # the round's 45 s, then Flower's error reply for c
             return [reply_to("c")]
@@ -78,7 +80,9 @@ def test_replies_that_arrived_while_a_pull_was_held_up_are_still_pulled(monkeypa
         (2, "b", False),
     ]
     assert grid.pulls == [{"a", "b", "c"}, {"a", "b"}]  # one more pull, then no waiting
-    assert rounds.OBJECT_PULLS.deadline == float("inf")  # only while a round waits
+    # Objects are pulled until the round's deadline, and only while the round waits.
+    assert grid.object_pull_deadlines == [45.0, 45.0]
+    assert rounds.OBJECT_PULLS.deadline == float("inf")
 
 
 def test_object_pulls_give_up_at_the_rounds_deadline(monkeypatch):
@@ -88,9 +92,10 @@ def test_object_pulls_give_up_at_the_rounds_deadline(monkeypatch):
     pulls = rounds.ObjectPullDeadline(lambda **kwargs: asked.append(kwargs.get("max_time")) or {})
 
     pulls(object_ids=["x"])
-    pulls.deadline = 130.0
-    pulls(object_ids=["x"])
-    clock.now = 140.0
+    with pulls.until(130.0):
+        pulls(object_ids=["x"])
+        clock.now = 140.0
+        pulls(object_ids=["x"])
     pulls(object_ids=["x"])
 
-    assert asked == [None, pytest.approx(30.0), 0.0]  # None: Flower's own limit
+    assert asked == [None, pytest.approx(30.0), 0.0, None]  # None: Flower's own limit
