@@ -19,7 +19,9 @@ from aggregator.results import read_events
 from federation.control import FlowerControl, RunStatus
 
 EVENT_POLL_S = 0.5
-STATUS_POLL_S = 10.0
+# A run whose aggregator reported within this long is alive: Flower's status, a `flwr ls` costing
+# about a second of CPU beside the run, is asked for only once the reports pause or say it ended.
+REPORT_QUIET_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,21 +99,18 @@ def follow(
 ) -> RunOutcome:
     outcome = RunOutcome(run_id=run_id, status=RunStatus(run_id, "pending", ""))
     deadline = time.monotonic() + timeout_s
-    next_status_check = time.monotonic() + STATUS_POLL_S
+    last_heard = time.monotonic()  # of the run: its latest report, or Flower's status
     while True:
         fresh = read_events(results_path)[len(outcome.events) :]
         for event in fresh:
             on_event(event)
         outcome.events.extend(fresh)
         if fresh:
-            # A run that reports is alive: Flower's status, a `flwr ls` costing about a second
-            # of CPU beside the run, is asked only once the reports stop for STATUS_POLL_S.
-            next_status_check = time.monotonic() + STATUS_POLL_S
-        # Once the sink says the run ended, Flower's status follows within moments: ask at once.
-        sink_finished = any(event["event"] == "run-finished" for event in outcome.events)
-        if sink_finished or time.monotonic() >= next_status_check:
+            last_heard = time.monotonic()
+        reported_end = any(event["event"] == "run-finished" for event in outcome.events)
+        if flower_status_due(reported_end=reported_end, quiet_s=time.monotonic() - last_heard):
             outcome.status = control.status(run_id)
-            next_status_check = time.monotonic() + STATUS_POLL_S
+            last_heard = time.monotonic()
             if outcome.status.finished:
                 return _with_late_events(outcome, results_path, on_event)
         if time.monotonic() >= deadline:
@@ -120,6 +119,12 @@ def follow(
                 f"run {run_id} did not finish within {timeout_s:g} s and was stopped"
             )
         time.sleep(EVENT_POLL_S)
+
+
+def flower_status_due(*, reported_end: bool, quiet_s: float) -> bool:
+    """Whether to ask Flower how a run stands, its reports having said whether it ended and been
+    quiet for `quiet_s`. Once they say it ended, Flower's word follows within moments."""
+    return reported_end or quiet_s >= REPORT_QUIET_S
 
 
 def _with_late_events(

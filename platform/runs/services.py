@@ -39,7 +39,7 @@ from core.errors import (
 from core.tokens import IssuedToken, issue_token
 from federation.control import ControlError, FlowerControl, RunStatus
 from federation.deployment import flower_environment
-from federation.runner import StudyRequest, write_run_config
+from federation.runner import StudyRequest, flower_status_due, write_run_config
 from hospitals.participation import published_rows
 from hospitals.protocol import canonical_json
 from institutions.models import Institution, Membership
@@ -57,9 +57,6 @@ logger = logging.getLogger(__name__)
 # The flwr CLI connection the portal writes into $COHORT_FLWR_HOME/config.toml.
 FLWR_CONNECTION = "cohort-portal"
 STATUS_POLL_S = 3.0
-# A run whose aggregator reported within this long is alive: Flower's status, a `flwr ls` costing
-# about a second of CPU on the coordinator, is read only once the reports pause or say it ended.
-REPORT_QUIET_S = 10.0
 # A run that outlives rounds × (train + evaluate timeouts) plus this slack is stopped and failed.
 RUN_SLACK_S = 900
 JOIN_TIMEOUT_S = 120
@@ -411,8 +408,8 @@ def _follow(
         run = Run.objects.get(pk=run_id)
         if run.state == Run.State.CANCELLED:
             return
-        reported_lately = timezone.now() - run.updated_at < timedelta(seconds=REPORT_QUIET_S)
-        if run.finished or not reported_lately:
+        quiet_s = (timezone.now() - run.updated_at).total_seconds()
+        if flower_status_due(reported_end=run.finished, quiet_s=quiet_s):
             status = control.status(flower_run_id)
             if status.finished:
                 run_conclude(run_id=run_id, status=status)

@@ -76,5 +76,5 @@ def test_a_run_that_goes_quiet_is_asked_every_status_poll(tmp_path, monkeypatch)
     assert outcome.status.succeeded and len(outcome.rounds) == 1
     quiet_from = 1.0
     assert control.asked_at == pytest.approx(
-        [quiet_from + runner.STATUS_POLL_S * n for n in (1, 2, 3, 4)]
+        [quiet_from + runner.REPORT_QUIET_S * n for n in (1, 2, 3, 4)]
     )

@@ -5,8 +5,8 @@ import tomllib
 import pytest
 
 from core.tokens import digest_matches
+from federation import runner
 from federation.control import ControlError, RunStatus
-from runs import services
 from runs.models import Run
 from runs.services import run_drive, run_record_event
 from runs.tasks import RETRYABLE_ERRORS, run_study_task
@@ -46,7 +46,7 @@ class FakeControl:
 @pytest.fixture(autouse=True)
 def no_quiet_wait(monkeypatch):
     """Flower's status is read on every poll, as for a run that stopped reporting."""
-    monkeypatch.setattr(services, "REPORT_QUIET_S", 0)
+    monkeypatch.setattr(runner, "REPORT_QUIET_S", 0)
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +79,7 @@ def test_a_queued_run_is_submitted_once_with_its_config(study, flwr_home):
 
 
 def test_flowers_status_waits_while_the_aggregator_reports(study, monkeypatch):
-    monkeypatch.setattr(services, "REPORT_QUIET_S", 3600)
+    monkeypatch.setattr(runner, "REPORT_QUIET_S", 3600)
     run, _ = make_run(study, flower_run_id=BIG, state=Run.State.RUNNING)
     control = FakeControl("finished:completed")
     polled_before_each_sleep: list[int] = []
