@@ -240,7 +240,7 @@ class LocalFederation:
                 str(SCRIPTS_DIR / "cohort-supernode"),
                 "--insecure",
                 "--superlink",
-                self.address,
+                self.superlink_address_for(spec),
                 # No SuperExec of Flower's: the hospital's launcher acquires the tasks instead.
                 "--isolation",
                 "process",
@@ -253,6 +253,12 @@ class LocalFederation:
             log_path=self.workdir / "logs" / f"supernode-{spec.hospital}.log",
             env=self.env,
         )
+
+    def superlink_address_for(self, spec: HospitalNodeSpec) -> str:
+        """Where `spec`'s SuperNode reaches the SuperLink: directly, on loopback (a test puts a
+        failing proxy in between)."""
+        del spec
+        return self.address
 
     def _start_launchers(self) -> ManagedProcess:
         """One launcher per SuperNode, each with the arguments a `cohort-launcher` beside it

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aggregator.rounds import MESSAGE_TTL_MARGIN_S
 from demo.setup import Consortium
 from federation.deployment import LocalFederation
 from federation.runner import StudyRequest, run_and_follow
 from hospitals.ledger import PrivacyLedger
 from hospitals.participation import released_model_path
 from hospitals.protocol import canonical_json
+from tests.federation.fleet_proxy import CuttingFleetProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,6 +85,43 @@ def test_four_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_conso
         "parameters"
     ]
     np.testing.assert_array_equal(model_a, model_b)
+
+
+def test_a_hospital_killed_inside_its_upload_costs_the_others_nothing_past_the_deadline(
+    make_consortium, tmp_path, monkeypatch
+):
+    round_timeout_s = 20
+    consortium = make_consortium(rounds=2, round_timeout_s=round_timeout_s)
+    federation = LocalFederation(workdir=tmp_path / "federation", hospitals=consortium.hospitals)
+    # hospital-c's SuperNode dies as it starts to push its round-1 reply's objects: the SuperLink
+    # already lists the reply, whose objects never come.
+    with CuttingFleetProxy(
+        superlink=federation.address,
+        cut_at="/v1/fleet/push-object",
+        on_cut=lambda: federation.supernodes["hospital-c"].kill(),
+    ) as proxy:
+        monkeypatch.setattr(
+            federation,
+            "superlink_address_for",
+            lambda spec: proxy.address if spec.hospital == "hospital-c" else federation.address,
+        )
+        with federation:
+            outcome = run_and_follow(
+                federation.control, study_request(consortium, tmp_path), timeout_s=300
+            )
+
+    assert proxy.cut.is_set() and "/v1/fleet/push-messages" in proxy.forwarded
+    assert outcome.status.status == "finished:completed", outcome.failure_reason
+    first, second = outcome.rounds
+    survivors = ["hospital-a", "hospital-b"]
+    assert sorted(first["participants"]) == sorted(second["participants"]) == survivors
+    # c never named itself in a reply: Flower's error stands for it under its node id.
+    (reason,) = first["dropped"].values()
+    assert reason.startswith("failed: Reply message objects are unavailable"), reason
+    # Round 1 waited for c's objects until its deadline, not until the SuperLink expired them
+    # (182 s, measured without aggregator.rounds.ObjectPullDeadline).
+    assert round_timeout_s <= first["seconds"] < round_timeout_s + MESSAGE_TTL_MARGIN_S
+    assert second["metrics"]["roc_auc"] > 0.8
 
 
 def test_flower_reports_a_failed_run_with_the_aggregators_reason(make_consortium, tmp_path):
