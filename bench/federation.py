@@ -36,7 +36,6 @@ from typing import Any
 import psutil
 from matplotlib.figure import Figure
 
-from aggregator import wire
 from bench import plaintext
 from bench.consortium import MAX_LIFETIME_EPSILON, SyntheticCohort, synthetic_consortium
 from bench.core import Goal, SuiteResult, Table
@@ -45,6 +44,7 @@ from federation.control import APP_DIR
 from federation.deployment import LocalFederation
 from federation.runner import RunOutcome, StudyRequest, follow, write_run_config
 from federation.superlink import PULL_WAIT_S
+from hospitals import wire
 from hospitals.models import ModelSpec, build_model, parameter_count
 from hospitals.protocol import canonical_json
 

@@ -10,8 +10,6 @@ from collections.abc import Callable
 
 import torch
 from flwr.app import (
-    Array,
-    ArrayRecord,
     ConfigRecord,
     ConfigRecordValues,
     Context,
@@ -101,7 +99,7 @@ def round_request(msg: Message) -> RoundRequest:
         protocol = StudyProtocol.from_json(protocol_json)
     except ProtocolError as error:
         raise RoundRefusedError("invalid-protocol", str(error)) from error
-    global_state = _global_state(msg.content, config)
+    global_state = _global_state(msg.content)
     weight_unit = config.get("weight_unit")
     if weight_unit is not None and (type(weight_unit) is not int or weight_unit < 1):
         raise RoundRefusedError(
@@ -118,23 +116,19 @@ def round_request(msg: Message) -> RoundRequest:
     )
 
 
-def _global_state(content: RecordDict, config: ConfigRecord) -> bytes | None:
-    """The round's global state, inline in its config or a record of its own (hospitals.wire)."""
-    inline = config.get(wire.GLOBAL_STATE)
-    if inline is not None:
-        if not isinstance(inline, bytes):
-            raise RoundRefusedError(
-                "invalid-request", f"the round's global state is {type(inline).__name__}, not bytes"
-            )
-        return inline
-    if wire.GLOBAL_STATE in content.array_records:
-        return bytes(content.array_records[wire.GLOBAL_STATE][wire.BLOB].data)
-    return None
+def _global_state(content: RecordDict) -> bytes | None:
+    """The round's global state, inline in its config or a record of its own (hospitals.wire);
+    None in round 1."""
+    try:
+        return wire.blob_of(content, wire.GLOBAL_STATE, inline_in=wire.ROUND_CONFIG)
+    except KeyError:
+        return None
+    except (TypeError, ValueError) as error:
+        raise RoundRefusedError("invalid-request", f"the round's global state: {error}") from None
 
 
 def _train_reply(outcome: TrainOutcome) -> tuple[RecordDict, str]:
     step = outcome.step
-    blob = outcome.update
     spent: dict[str, ConfigRecordValues] = {
         "epsilon": outcome.run_epsilon,
         "noise_multiplier": step.noise_multiplier,
@@ -149,13 +143,8 @@ def _train_reply(outcome: TrainOutcome) -> tuple[RecordDict, str]:
     }
     if outcome.evaluation is not None:
         report |= eval_section(outcome.evaluation)
-    if len(blob) <= wire.INLINE_MAX_BYTES:
-        report[wire.UPDATE] = blob
-        return RecordDict({wire.REPORT: ConfigRecord(report)}), outcome.consent
-    update = Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)
-    content = RecordDict(
-        {wire.UPDATE: ArrayRecord({wire.BLOB: update}), wire.REPORT: ConfigRecord(report)}
-    )
+    content = RecordDict({wire.REPORT: ConfigRecord(report)})
+    wire.put_blob(content, wire.UPDATE, outcome.update, inline_in=wire.REPORT)
     return content, outcome.consent
 
 

@@ -1,10 +1,10 @@
-"""Names of the records exchanged with the aggregator: the hospital's side of the wire contract.
-
-The aggregator defines the same names in `aggregator.wire`; a test keeps both sides equal, so
-the two parties stay deployable on their own.
+"""The wire contract between hospitals and the aggregator: the names of the records they exchange,
+and how a blob (an encrypted update or global state) travels. Both parties import it.
 """
 
 from typing import Final
+
+from flwr.app import Array, ArrayRecord, RecordDict
 
 # A train message's hospital evaluates the global model it carries, then trains from it; an
 # evaluate message carries the final model, after the last round.
@@ -35,3 +35,28 @@ REFUSAL: Final = "refusal"  # ConfigRecord: code and reason when a hospital decl
 # ConfigRecord bytes' cost: unchunked, and ~2.6× the CPU per byte of an Array.
 INLINE_MAX_BYTES: Final = 1 << 20
 BLOB: Final = "bytes"  # the single raw Array inside an UPDATE or GLOBAL_STATE record
+
+
+def put_blob(content: RecordDict, name: str, blob: bytes, *, inline_in: str) -> None:
+    """Put `blob` in `content` under `name` as INLINE_MAX_BYTES says: inline in `content`'s
+    ConfigRecord `inline_in`, or as a record of its own."""
+    if len(blob) <= INLINE_MAX_BYTES:
+        content.config_records[inline_in][name] = blob
+    else:
+        content[name] = ArrayRecord(
+            {BLOB: Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)}
+        )
+
+
+def blob_of(content: RecordDict, name: str, *, inline_in: str) -> bytes:
+    """The blob `put_blob` put in `content`: KeyError where there is none, TypeError or ValueError
+    where something else stands under its name."""
+    inline = content.config_records[inline_in].get(name)
+    if inline is None:
+        record = content.array_records[name]
+        if BLOB not in record:
+            raise ValueError(f"the {name} record holds no {BLOB!r} array")
+        return bytes(record[BLOB].data)
+    if not isinstance(inline, bytes):
+        raise TypeError(f"{name} is {type(inline).__name__}, not bytes")
+    return inline

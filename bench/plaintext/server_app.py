@@ -18,7 +18,6 @@ import numpy.typing as npt
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from aggregator import wire
 from aggregator.config import AggregatorConfig
 from aggregator.results import HospitalRound, ResultsSink
 from aggregator.rounds import (
@@ -28,7 +27,6 @@ from aggregator.rounds import (
     RunFailedError,
     SummedRound,
     await_hospitals,
-    blob_of,
     exchange,
     hospital_round,
     no_reply_reasons,
@@ -38,6 +36,7 @@ from aggregator.rounds import (
 )
 from aggregator.server_app import results_sink
 from bench.plaintext import wire as plain
+from hospitals import wire
 
 app = ServerApp()
 
@@ -116,7 +115,7 @@ def plaintext_update(reply: Reply, names: HospitalNames, round_number: int) -> P
     reason = refusal_reason(reply.message)
     if reason:
         raise RunFailedError(f"round {round_number}: {hospital} {reason}")
-    blob = blob_of(reply.message.content, wire.UPDATE, inline_in=wire.REPORT)
+    blob = wire.blob_of(reply.message.content, wire.UPDATE, inline_in=wire.REPORT)
     report = reply.message.content.config_records[wire.REPORT]
     return PlaintextUpdate(
         node_id=reply.node_id,

@@ -1,5 +1,5 @@
 """The baseline's model on the wire: float32 values, raw, in the records the product uses for
-ciphertexts (aggregator.wire / hospitals.wire), so the two runs differ in what HE costs only."""
+ciphertexts (hospitals.wire), so the two runs differ in what HE costs only."""
 
 from __future__ import annotations
 

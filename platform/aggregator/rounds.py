@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from flwr.app import (
-    Array,
-    ArrayRecord,
     ConfigRecord,
     ConfigRecordValues,
     Message,
@@ -29,11 +27,11 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.superlink.grid import http_grid
 
-from aggregator import wire
 from aggregator.config import AggregatorConfig, weight_unit_for
 from aggregator.results import HospitalRound, ResultsSink, RoundResult
 from crypto import AggregatorContext, CryptoError
 from crypto.codec import Update, UpdateSum, read_update, summing_shape
+from hospitals import wire
 from hospitals.polling import replace_in_flower, retry_object_pulls_sooner
 
 NODE_POLL_INTERVAL_S = 0.5
@@ -307,30 +305,8 @@ def round_content(
         round_config["weight_unit"] = weight_unit
     content = RecordDict({wire.ROUND_CONFIG: ConfigRecord(round_config)})
     if global_state is not None:
-        put_blob(content, wire.GLOBAL_STATE, global_state, inline_in=wire.ROUND_CONFIG)
+        wire.put_blob(content, wire.GLOBAL_STATE, global_state, inline_in=wire.ROUND_CONFIG)
     return content
-
-
-def put_blob(content: RecordDict, name: str, blob: bytes, *, inline_in: str) -> None:
-    """Put `blob` in `content` under `name` as the wire says (wire.INLINE_MAX_BYTES): inline in
-    `content`'s ConfigRecord `inline_in`, or as a record of its own."""
-    if len(blob) <= wire.INLINE_MAX_BYTES:
-        content.config_records[inline_in][name] = blob
-    else:
-        content[name] = ArrayRecord(
-            {wire.BLOB: Array(dtype="bytes", shape=(len(blob),), stype="raw", data=blob)}
-        )
-
-
-def blob_of(content: RecordDict, name: str, *, inline_in: str) -> bytes:
-    """The blob `put_blob` put in `content`: KeyError where there is none, TypeError where the
-    ConfigRecord holds something else under its name."""
-    inline = content.config_records[inline_in].get(name)
-    if inline is None:
-        return bytes(content.array_records[name][wire.BLOB].data)
-    if not isinstance(inline, bytes):
-        raise TypeError(f"{name} is {type(inline).__name__}, not bytes")
-    return inline
 
 
 def exchange(
@@ -473,7 +449,7 @@ def parse_contribution(reply: Reply, hospital: str, config: AggregatorConfig) ->
     # ReceivedUpdates adds the update to its sum at once, and that loads and checks each
     # ciphertext: loading them here too would double the aggregator's work.
     update = read_update(
-        blob_of(reply.message.content, wire.UPDATE, inline_in=wire.REPORT),
+        wire.blob_of(reply.message.content, wire.UPDATE, inline_in=wire.REPORT),
         context=config.he_context,
         max_bytes=config.max_update_bytes,
         check_ciphertexts=False,

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from aggregator import wire
 from aggregator.config import AggregatorConfig, ConfigError, weight_unit_for
 from aggregator.results import JsonlResultsSink, read_events
 from aggregator.rounds import run_study
 from crypto import PACKED_PARAMS, CkksParams
 from demo.setup import Consortium
 from federation.inprocess import InProcessGrid
+from hospitals import wire
 from hospitals.client_app import round_request
 from hospitals.participation import RoundRefusedError
 from hospitals.protocol import canonical_json

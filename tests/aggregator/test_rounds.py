@@ -14,15 +14,14 @@ from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode
 from flwr.supercore.constant import SYSTEM_MESSAGE_TYPE
 
-from aggregator import wire
 from aggregator.config import AggregatorConfig, ConfigError
 from aggregator.results import JsonlResultsSink, read_events
-from aggregator.rounds import RunFailedError, blob_of, put_blob, run_study
+from aggregator.rounds import RunFailedError, run_study
 from crypto import Quantization
 from crypto.codec import Update, read_update
 from demo.setup import DEMO_CONSENT_WAIVER, Consortium, node_policy_toml
 from federation.inprocess import RUN_ID, InProcessGrid
-from hospitals import wire as hospital_wire
+from hospitals import wire
 from hospitals.ledger import PrivacyLedger
 from hospitals.participation import released_model_path
 from hospitals.protocol import canonical_json
@@ -71,7 +70,6 @@ def test_every_hospital_contributes_and_all_decrypt_the_same_model(
 ):
     # Both parties follow the wire's limit; at 0 every blob travels as a record of its own.
     monkeypatch.setattr(wire, "INLINE_MAX_BYTES", inline_max_bytes)
-    monkeypatch.setattr(hospital_wire, "INLINE_MAX_BYTES", inline_max_bytes)
     consortium = make_consortium(rounds=2)
     grid = InProcessGrid(consortium.hospitals)
     rounds = run(consortium, tmp_path, grid)
@@ -233,13 +231,13 @@ def junk_ciphertext(update: Update) -> bytes:
 def sent_update(reply: Message) -> bytes | None:
     """The update a train reply carries; None for an evaluation or a refusal."""
     try:
-        return blob_of(reply.content, wire.UPDATE, inline_in=wire.REPORT)
+        return wire.blob_of(reply.content, wire.UPDATE, inline_in=wire.REPORT)
     except KeyError:
         return None
 
 
 def replace_update(reply: Message, blob: bytes) -> None:
-    put_blob(reply.content, wire.UPDATE, blob, inline_in=wire.REPORT)
+    wire.put_blob(reply.content, wire.UPDATE, blob, inline_in=wire.REPORT)
 
 
 @pytest.mark.parametrize("garbled", [junk_update, junk_ciphertext])

@@ -17,7 +17,6 @@ from flwr.app import Message, RecordDict
 
 from aggregator.config import AggregatorConfig
 from aggregator.results import JsonlResultsSink, read_events
-from aggregator.rounds import blob_of
 from bench import plaintext
 from bench.plaintext import client_app as plaintext_client
 from bench.plaintext import wire as plain
@@ -71,7 +70,7 @@ def train_replies(grid: InProcessGrid) -> list[Message]:
 
 
 def model_of(train_reply: RecordDict) -> npt.NDArray[np.float32]:
-    return plain.from_bytes(blob_of(train_reply, wire.UPDATE, inline_in=wire.REPORT))
+    return plain.from_bytes(wire.blob_of(train_reply, wire.UPDATE, inline_in=wire.REPORT))
 
 
 @pytest.mark.slow

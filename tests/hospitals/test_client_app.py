@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from flwr.app import ConfigRecord, ConfigRecordValues, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Message, RecordDict
 
 from demo.setup import DEMO_CONSENT_WAIVER, node_policy_toml
 from federation.inprocess import InProcessGrid
@@ -19,6 +19,7 @@ def ask(
     *,
     cpu_threads: int | None = None,
     round_config: dict[str, ConfigRecordValues] | None = None,
+    records: dict[str, ArrayRecord] | None = None,
 ) -> Message:
     grid = InProcessGrid([dataclasses.replace(consortium.hospitals[0], cpu_threads=cpu_threads)])
     config: dict[str, ConfigRecordValues] = {
@@ -26,7 +27,7 @@ def ask(
         "protocol": canonical_json(consortium.protocol.document),
         **(round_config or {}),
     }
-    content = RecordDict({wire.ROUND_CONFIG: ConfigRecord(config)})
+    content = RecordDict({wire.ROUND_CONFIG: ConfigRecord(config), **(records or {})})
     message = Message(
         content,
         dst_node_id=grid.node_id(consortium.hospitals[0].hospital),
@@ -115,4 +116,17 @@ def test_a_global_state_that_is_not_bytes_is_refused(make_consortium):
 
     refusal = reply.content.config_records[wire.REFUSAL]
     assert refusal["code"] == "invalid-request"
-    assert refusal["reason"] == "the round's global state is str, not bytes"
+    assert refusal["reason"] == "the round's global state: global is str, not bytes"
+
+
+def test_a_global_state_record_without_its_blob_is_refused_not_taken_for_round_one(
+    make_consortium,
+):
+    consortium = make_consortium(rounds=1)
+    unnamed = Array(dtype="bytes", shape=(1,), stype="raw", data=b"x")
+
+    reply = ask(consortium, wire.TRAIN, records={wire.GLOBAL_STATE: ArrayRecord({"x": unnamed})})
+
+    refusal = reply.content.config_records[wire.REFUSAL]
+    assert refusal["code"] == "invalid-request"
+    assert refusal["reason"] == "the round's global state: the global record holds no 'bytes' array"
