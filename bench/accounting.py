@@ -328,8 +328,10 @@ def planning_table(plans: list[Plan]) -> Table:
         ],
         notes=[
             "Both searches return a σ whose ε lies at most 0.5% under the target. Opacus doubles σ "
-            "from 20, then bisects; Cohort steps in log σ by log(ε / target) from σ = 4, then "
-            "takes secant steps inside the bracket. Each study is planned once, cold: its sample "
-            "rate appears in no other row. A node plans each study once, in its first round.",
+            "from 20, then bisects. Cohort steps in log σ by log(ε / target) from σ = 4, then "
+            "takes secant steps inside the bracket, first on RDP at whole orders only (a closed "
+            "form, ~5 ms an ε), then on the study's accountant from the σ found. Each study is "
+            "planned once, cold: its sample rate appears in no other row. A node plans each "
+            "study once, in its first round.",
         ],
     )

@@ -41,12 +41,12 @@ _CPU = torch.device("cpu")
 # Planning stops once ε is within this much below the target (relative), so the planned σ spends
 # between 99.5% and 100% of the budget whatever the target's magnitude.
 PLANNING_RELATIVE_TOLERANCE = 0.005
-# Accountant evaluations a plan may take before it gives up: 100 studies with ε from 0.5 to 30
-# and q from 0.001 to 1 took at most 11 here.
+# Evaluations of ε each pass of a plan's search may take before it gives up: over 100 random
+# studies (ε from 0.5 to 30, q from 0.001 to 1, 1 to 5000 steps) the passes took at most 17.
 _PLANNING_MAX_EVALUATIONS = 60
 # Names the search below; a node's remembered plans (hospitals/plans.py) are keyed by it, so a
 # change of search never answers with a σ another search found.
-NOISE_SEARCH = "log-secant"
+NOISE_SEARCH = "whole-order-guided-log-secant"
 # Where the search starts: above the σ of most studies, where every accountant is quick.
 _FIRST_SIGMA = 4.0
 # log(ε / target) beyond which an overspend only weighs as much (ε is infinite as σ nears 0).
@@ -273,13 +273,59 @@ def search_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: 
     """The σ whose ε, by `epsilon_of`, lies within `PLANNING_RELATIVE_TOLERANCE` below target.
 
     Opacus's `get_noise_multiplier` answers the same question by doubling σ from 20, then
-    bisecting: 12 to 14 evaluations of ε for typical studies. ε falls with σ about as 1/σ, so this
-    searches log σ for log(ε / target): from σ = `_FIRST_SIGMA` it steps by that log-ratio until
-    an overspending and an underspending σ bracket the answer, then takes secant steps, each kept
-    inside the bracket: 2 to 4 evaluations for typical studies, 3 to 6 times fewer. It returns
-    only a σ whose ε it evaluated within the band. ValueError if σ = `MAX_SIGMA` (Opacus's bound)
+    bisecting: 12 to 14 evaluations of ε for typical studies. This runs `_log_secant_search`
+    twice. First on RDP at the whole orders only (`_whole_order_epsilon`, ~5 ms an evaluation,
+    where the fractional orders' series cost up to 0.15 s), from σ = `_FIRST_SIGMA`. Then on the
+    study's accountant, from the σ found and with the slope of log ε the first pass met last.
+    Over 100 random studies the second pass evaluated RDP's ε 2.2 times on average (at most 5)
+    and PRV's 3.1 (40 studies), where one pass from `_FIRST_SIGMA` took 5.8 of either: planning
+    took 1.3 times less time with RDP, 1.25 with PRV. It returns only a σ whose ε by the
+    accountant it evaluated within the band. ValueError if σ = `MAX_SIGMA` (Opacus's bound)
     still overspends.
     """
+
+    def whole_order_epsilon(sigma: float) -> float:
+        return _whole_order_epsilon(
+            noise_multiplier=sigma, sample_rate=sample_rate, steps=total_steps, delta=dp.delta
+        )
+
+    def accountant_epsilon(sigma: float) -> float:
+        return spent_by(dp, noise_multiplier=sigma, sample_rate=sample_rate, steps=total_steps)
+
+    start, slope = math.log(_FIRST_SIGMA), -1.0
+    try:
+        start, slope = _log_secant_search(
+            _excess(whole_order_epsilon, target=dp.target_epsilon), start=start, slope=slope
+        )
+    except ValueError:  # only a guess: the accountant's own search then starts afresh
+        pass
+    log_sigma, _ = _log_secant_search(
+        _excess(accountant_epsilon, target=dp.target_epsilon), start=start, slope=slope
+    )
+    return math.exp(log_sigma)
+
+
+# Orders of `RDPAccountant.DEFAULT_ALPHAS` that are whole numbers: RDP has a closed form there,
+# where each fractional order sums a series.
+_WHOLE_ORDERS = tuple(order for order in RDPAccountant.DEFAULT_ALPHAS if float(order).is_integer())
+
+
+def _whole_order_epsilon(
+    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float
+) -> float:
+    """ε by RDP over `_WHOLE_ORDERS`: never below RDP's over all the default orders (a minimum
+    over fewer of them), and above PRV's, a tighter accounting, in every study measured. The
+    search takes it as a guess only."""
+    rdp = compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=_WHOLE_ORDERS
+    )
+    epsilon, _ = get_privacy_spent(orders=_WHOLE_ORDERS, rdp=rdp, delta=delta)
+    return float(epsilon)
+
+
+def _excess(epsilon_at: Callable[[float], float], *, target: float) -> Callable[[float], float]:
+    """log(ε / `target`) at log σ, by `epsilon_at`; ValueError past `_PLANNING_MAX_EVALUATIONS`
+    evaluations or on a NaN ε."""
     evaluations = 0
 
     def excess(log_sigma: float) -> float:
@@ -288,53 +334,80 @@ def search_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: 
         if evaluations > _PLANNING_MAX_EVALUATIONS:
             raise ValueError(f"no σ found in {_PLANNING_MAX_EVALUATIONS} evaluations of ε")
         sigma = math.exp(log_sigma)
-        epsilon = spent_by(dp, noise_multiplier=sigma, sample_rate=sample_rate, steps=total_steps)
+        epsilon = epsilon_at(sigma)
         if math.isnan(epsilon):
             raise ValueError(f"the accountant's ε is NaN at σ = {sigma:g}")
         # Capped, so that an infinite ε (σ near 0) still weighs as a finite overspend.
-        return min(math.log(epsilon / dp.target_epsilon), _MAX_LOG_EXCESS)
+        return min(math.log(epsilon / target), _MAX_LOG_EXCESS)
 
+    return excess
+
+
+def _log_secant_search(
+    excess: Callable[[float], float], *, start: float, slope: float
+) -> tuple[float, float]:
+    """A log σ where `excess` lies in [log(1 − `PLANNING_RELATIVE_TOLERANCE`), 0], searched from
+    log σ = `start` as if `excess` fell with `slope` (< 0) per unit of log σ; and the slope
+    between the last two log σ it evaluated (`slope` after one).
+
+    ε falls with σ about as σ^slope: from `start` it steps by the excess over that slope until
+    an overspending and an underspending σ bracket the answer, then takes secant steps, each kept
+    inside the bracket. ValueError if σ = `MAX_SIGMA` still overspends.
+    """
     close_enough = math.log1p(-PLANNING_RELATIVE_TOLERANCE)
     # Aim at the middle of the accepted band [close_enough, 0], not its edge at 0: near the
     # answer an interpolation then lands inside the band, not just past it.
     aim = close_enough / 2
-    # Bracket the answer. With ε ∝ 1/σ a step of the excess lands on it; upward, a curve that
-    # falls slower gets twice the stretch each time. Downward, a step at most halves σ: PRV's ε
-    # costs more the smaller σ is (here 0.1 s at σ = 2, 2 s at σ = 0.3 and memory without bound
+    evaluated: list[tuple[float, float]] = []  # (log σ, excess - aim), latest last
+
+    def probe(point: float) -> float:
+        value = excess(point)
+        evaluated.append((point, value - aim))
+        return value
+
+    def met_slope() -> float:
+        if len(evaluated) < 2:
+            return slope
+        (a, a_value), (b, b_value) = evaluated[-2:]
+        met = (b_value - a_value) / (b - a)
+        return met if math.isfinite(met) and met < 0 else slope
+
+    # Bracket the answer. On the assumed slope a step of the excess lands on it; upward, a curve
+    # that falls slower gets twice the stretch each time. Downward, a step at most halves σ: PRV's
+    # ε costs more the smaller σ is (here 0.1 s at σ = 2, 2 s at σ = 0.3 and memory without bound
     # near 0.05, for q = 0.1 and 300 steps), so no probe lands far below the answer.
     over: tuple[float, float] | None = None  # (log σ, excess - aim) where ε overspends
     under: tuple[float, float] | None = None  # and where it spends too little
-    point, stretch = math.log(_FIRST_SIGMA), 1.0
+    point, stretch = start, 1.0
     while over is None or under is None:
-        value = excess(point)
+        value = probe(point)
+        reach = -1.0 / met_slope()
         if value > 0:
             if point > math.log(MAX_SIGMA):
                 raise ValueError(f"even σ = {MAX_SIGMA:g} overspends")
             over = (point, value - aim)
             # Past MAX_SIGMA only to check it: an overspend there ends the search.
-            point = min(point + stretch * (value - aim), math.log(2 * MAX_SIGMA))
+            point = min(point + stretch * reach * (value - aim), math.log(2 * MAX_SIGMA))
             stretch *= 2
         elif value >= close_enough:
-            return math.exp(point)
+            return point, met_slope()
         else:
             under = (point, value - aim)
-            point += max(value - aim, -math.log(2))
+            point += max(reach * (value - aim), -math.log(2))
     # Then secant steps through the last two points, kept inside the bracket: where one would
     # leave it, false position between the bracket's ends instead.
     (low, low_value), (high, high_value) = over, under
-    previous, latest = over, under
     while True:
-        point = _secant_root(previous, latest)
+        point = _secant_root(*evaluated[-2:])
         if not low < point < high:
             point = _secant_root((low, low_value), (high, high_value))
-        value = excess(point)
+        value = probe(point)
         if value > 0:
             low, low_value = point, value - aim
         elif value >= close_enough:
-            return math.exp(point)
+            return point, met_slope()
         else:
             high, high_value = point, value - aim
-        previous, latest = latest, (point, value - aim)
 
 
 def spent_by(dp: DpSettings, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:

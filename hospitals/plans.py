@@ -1,6 +1,6 @@
 """The node's memo of planned rounds: σ is searched once per node and input, not per message.
 
-`plan_round` searches the accountant for σ (0.03 to 0.3 s with RDP, up to seconds with PRV), and
+`plan_round` searches the accountant for σ (0.02 to 0.5 s with RDP, up to seconds with PRV), and
 every training message of a run asks it the same question again. An in-memory cache does not
 survive here: each ClientApp task is a process of its own (a fork of `cohort-launcher`, or a fresh
 `flwr-clientapp`). So the answers are kept in `<state-dir>/round-plans.json`, keyed by a hash of
