@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from hospitals.schema import Column, ColumnType, DatasetSchema, MissingPolicy
 
@@ -306,7 +307,7 @@ def _blank_rows(table: pd.DataFrame) -> npt.NDArray[np.bool_]:
 def _parse_ids(
     values: pd.Series, *, rows: npt.NDArray[np.int64], schema: DatasetSchema, source: str
 ) -> tuple[str, ...]:
-    ids = [str(value).strip() for value in values]
+    ids = [str(value).strip() for value in values.tolist()]
     first_row: dict[str, int] = {}
     for patient_id, row in zip(ids, rows, strict=True):
         if not patient_id:
@@ -436,9 +437,7 @@ class _ParsedColumns:
     def _numeric(
         self, column: Column, text: pd.Series, missing: npt.NDArray[np.bool_]
     ) -> npt.NDArray[np.float64]:
-        numbers = pd.to_numeric(text.where(~missing, ""), errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan
-        )
+        numbers = _numbers(text, missing)
         not_a_number = ~missing & np.isnan(numbers)
         self._flag_first_value(
             not_a_number,
@@ -495,6 +494,23 @@ class _ParsedColumns:
         one_hot[np.flatnonzero(known), codes[known]] = 1.0
         one_hot[missing] = np.nan
         return one_hot
+
+
+def _numbers(text: pd.Series, missing: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """Each cell's number; NaN where it is missing or not a number.
+
+    Arrow casts a whole column at once, ~10 times faster than pandas' `to_numeric`, but refuses
+    the column at its first cell that is not a number: only such a column goes through
+    `to_numeric`, which reads every cell it can. Where both read a cell they agree, except that
+    Arrow reads "nan" as NaN, which is then flagged like any cell that is not a number.
+    """
+    try:
+        cells = pc.if_else(missing, pa.scalar(None, pa.string()), pa.array(text, pa.string()))
+        return np.asarray(pc.cast(cells, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+    except pa.ArrowInvalid:
+        return pd.to_numeric(text.where(~missing, ""), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
 
 
 def _map_tokens(

@@ -138,6 +138,8 @@ BAD_CELLS = {
     "above range": ("p2,130,70,no,male,0", "age", "'130' is outside the declared range [0, 120]"),
     "below range": ("p2,30,19.9,no,male,0", "weight", "outside the declared range [20, 220]"),
     "infinite": ("p2,30,inf,no,male,0", "weight", "outside the declared range"),
+    # Not a missing token, and Arrow's column cast reads it as NaN: still not a number.
+    "signed NaN": ("p2,-nan,70,no,male,0", "age", "value '-nan' is not a number"),
     "unknown category": ("p2,30,70,no,Male,0", "sex", "'Male' is not one of the declared"),
     "bad bool": ("p2,30,70,maybe,male,0", "smoker", "'maybe' is not a yes/no value"),
     "non-binary label": ("p2,30,70,no,male,2", "died", "label '2' is not binary"),
