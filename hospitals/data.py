@@ -499,13 +499,15 @@ class _ParsedColumns:
 def _numbers(text: pd.Series, missing: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
     """Each cell's number; NaN where it is missing or not a number.
 
-    Arrow casts a whole column at once, ~10 times faster than pandas' `to_numeric`, but refuses
+    Arrow casts a whole column at once, 30 times faster than pandas' `to_numeric` at 100,000
+    rows and 5 times at 300 (the pandas columns hold Arrow large strings already), but refuses
     the column at its first cell that is not a number: only such a column goes through
     `to_numeric`, which reads every cell it can. Where both read a cell they agree, except that
     Arrow reads "nan" as NaN, which is then flagged like any cell that is not a number.
     """
     try:
-        cells = pc.if_else(missing, pa.scalar(None, pa.string()), pa.array(text, pa.string()))
+        text_type = pa.large_string()
+        cells = pc.if_else(missing, pa.scalar(None, text_type), pa.array(text, text_type))
         return np.asarray(pc.cast(cells, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
     except pa.ArrowInvalid:
         return pd.to_numeric(text.where(~missing, ""), errors="coerce").to_numpy(
