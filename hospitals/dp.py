@@ -279,9 +279,9 @@ def search_noise_multiplier(*, dp: DpSettings, sample_rate: float, total_steps: 
     study's accountant, from the σ found and with the slope of log ε the first pass met last.
     Over 100 random studies the second pass evaluated RDP's ε 2.2 times on average (at most 5)
     and PRV's 3.1 (40 studies), where one pass from `_FIRST_SIGMA` took 5.8 of either: planning
-    took 1.3 times less time with RDP, 1.25 with PRV. It returns only a σ whose ε by the
-    accountant it evaluated within the band. ValueError if σ = `MAX_SIGMA` (Opacus's bound)
-    still overspends.
+    took 1.3 times less time with RDP (1.5 to 2.6 times on `make bench`'s studies), 1.25 with
+    PRV. It returns only a σ whose ε by the accountant it evaluated within the band. ValueError
+    if σ = `MAX_SIGMA` (Opacus's bound) still overspends.
     """
 
     def whole_order_epsilon(sigma: float) -> float:
@@ -347,12 +347,13 @@ def _log_secant_search(
     excess: Callable[[float], float], *, start: float, slope: float
 ) -> tuple[float, float]:
     """A log σ where `excess` lies in [log(1 − `PLANNING_RELATIVE_TOLERANCE`), 0], searched from
-    log σ = `start` as if `excess` fell with `slope` (< 0) per unit of log σ; and the slope
-    between the last two log σ it evaluated (`slope` after one).
+    log σ = `start`; and the slope of `excess` per unit of log σ between the last two log σ it
+    evaluated (`slope` after one).
 
-    ε falls with σ about as σ^slope: from `start` it steps by the excess over that slope until
-    an overspending and an underspending σ bracket the answer, then takes secant steps, each kept
-    inside the bracket. ValueError if σ = `MAX_SIGMA` still overspends.
+    ε falls with σ about as σ^slope: from `start` it steps by the excess over the slope, `slope`
+    (< 0) until two evaluations measure one, until an overspending and an underspending σ bracket
+    the answer, then takes secant steps, each kept inside the bracket. ValueError if
+    σ = `MAX_SIGMA` still overspends.
     """
     close_enough = math.log1p(-PLANNING_RELATIVE_TOLERANCE)
     # Aim at the middle of the accepted band [close_enough, 0], not its edge at 0: near the
