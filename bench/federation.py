@@ -20,6 +20,7 @@ with the model in the clear); the ratio of their median round times is what HE c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import statistics
@@ -182,9 +183,25 @@ def own_and_reaped_cpu_s(pid: int) -> tuple[float, float]:
     return times.user + times.system, times.children_user + times.children_system
 
 
+def live_children_cpu_s(pid: int) -> float:
+    """CPU seconds so far of the processes `pid` runs now (a launcher's task worker and tasks)."""
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for child in children:
+        with contextlib.suppress(psutil.Error):  # exited meanwhile: counted once reaped
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def cpu_by_part(federation: LocalFederation) -> dict[str, float]:
-    """CPU seconds so far of each part of the deployment. A ClientApp task counts once its
-    launcher has reaped it; the ServerApp (a process Flower starts per run) is not counted."""
+    """CPU seconds so far of each part of the deployment. ClientApp tasks count in the task
+    worker or forked child that runs them, and again once a launcher has reaped a child (a
+    difference of two readings counts each CPU second once); the ServerApp (a process Flower
+    starts per run) is not counted."""
     supernodes = [own_and_reaped_cpu_s(p.pid) for p in federation.supernodes.values()]
     launchers = [own_and_reaped_cpu_s(pid) for pid in federation.launchers.values()]
     superlink, _ = (
@@ -193,7 +210,8 @@ def cpu_by_part(federation: LocalFederation) -> dict[str, float]:
     return {
         "SuperNodes": sum(own + reaped for own, reaped in supernodes),
         "launchers": sum(own for own, _ in launchers),
-        "ClientApp tasks": sum(reaped for _, reaped in launchers),
+        "ClientApp tasks": sum(reaped for _, reaped in launchers)
+        + sum(live_children_cpu_s(pid) for pid in federation.launchers.values()),
         "SuperLink": superlink,
     }
 
