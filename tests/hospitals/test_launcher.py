@@ -1,4 +1,5 @@
-"""The warm ClientApp launcher: one process per SuperNode that forks every ClientApp task."""
+"""The warm ClientApp launcher: one process per SuperNode that runs each ClientApp task in its task
+worker, or forks it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import psutil
 import pytest
 from flwr.supercore import telemetry
 from flwr.supercore.constant import TaskType
+from flwr.supercore.exit import add_exit_handler
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
 from flwr.supernode.runtime import run_clientapp as clientapp_runtime
 from opacus.accountants import RDPAccountant
@@ -26,6 +28,7 @@ from hospitals.launcher import (
     ForkExecutor,
     LauncherSettings,
     _announce_ready,
+    _end_task,
     exit_code,
     parse_args,
     preload,
@@ -128,7 +131,7 @@ def test_tasks_run_in_forked_children_that_are_reaped(tmp_path):
         (tmp_path / str(spec.task_id)).write_text(f"{os.getpid()} {os.getppid()}")
         sys.exit(spec.task_id)  # as flwr_exit ends a ClientApp
 
-    executor = ForkExecutor(task)
+    executor = ForkExecutor(task, worker=False)
     results = [executor.launch(execution_spec(task_id)) for task_id in (1, 2, 3)]
     reap_all(executor)  # a task that ended early was reaped as the next one was launched
 
@@ -150,7 +153,7 @@ def curve_computing_executor(tmp_path: Path) -> tuple[ForkExecutor, RdpCurves]:
         curves.per_step(noise_multiplier=1.1, sample_rate=0.05)
         (tmp_path / str(spec.task_id)).write_text(str(len(curves.computed_records())))
 
-    return ForkExecutor(task, curves=curves), curves
+    return ForkExecutor(task, curves=curves, worker=False), curves
 
 
 def test_tasks_hand_the_rdp_curves_they_computed_to_later_tasks(tmp_path):
@@ -185,7 +188,9 @@ class ReportingJunk(RdpCurves):
 def test_a_curve_report_that_is_not_a_curve_is_ignored(tmp_path):
     curves = ReportingJunk()
     executor = ForkExecutor(
-        lambda spec: curves.per_step(noise_multiplier=1.1, sample_rate=0.05), curves=curves
+        lambda spec: curves.per_step(noise_multiplier=1.1, sample_rate=0.05),
+        curves=curves,
+        worker=False,
     )
     executor.launch(execution_spec(1))
     assert reap_all(executor) == 1
@@ -231,13 +236,108 @@ def test_with_telemetry_on_tasks_send_flowers_events(monkeypatch):
     assert flower_exit.event is telemetry.event
 
 
-def test_close_stops_running_tasks_and_reaps_them():
-    executor = ForkExecutor(lambda spec: time.sleep(60))
+@pytest.mark.parametrize("worker", [True, False], ids=["task worker", "forked"])
+def test_close_stops_running_tasks_and_reaps_them(worker: bool):
+    others = set(child_pids(os.getpid()))
+    executor = ForkExecutor(lambda spec: time.sleep(60), worker=worker)
     executor.launch(execution_spec(1))
+    (child,) = set(child_pids(os.getpid())) - others
     began = time.monotonic()
     executor.close()
     assert executor.running == 0
     assert time.monotonic() - began < 5
+    with pytest.raises(ChildProcessError):  # reaped: no zombie left
+        os.waitpid(child, os.WNOHANG)
+
+
+def recording(tmp_path: Path, *, end: Any = None) -> Any:
+    """A task that writes down the pid it ran in, then ends with `end(spec)`."""
+
+    def task(spec: ExecutionSpec) -> None:
+        (tmp_path / str(spec.task_id)).write_text(str(os.getpid()))
+        if end is not None:
+            end(spec)
+
+    return task
+
+
+def pid_of(tmp_path: Path, task_id: int) -> int:
+    return int((tmp_path / str(task_id)).read_text())
+
+
+def test_tasks_run_one_after_another_in_one_task_worker(tmp_path):
+    executor = ForkExecutor(recording(tmp_path, end=lambda spec: sys.exit(spec.task_id)))
+    for task_id in (1, 2, 3):
+        assert executor.launch(execution_spec(task_id)).status is LaunchResultStatus.ACCEPTED
+        assert executor.running == 1
+        assert reap_all(executor) == 1
+
+    (worker,) = {pid_of(tmp_path, task_id) for task_id in (1, 2, 3)}
+    assert psutil.Process(worker).ppid() == os.getpid()  # a child, still waiting for tasks
+    executor.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(worker, os.WNOHANG)
+
+
+def test_a_task_that_comes_while_the_task_worker_is_busy_is_forked(tmp_path):
+    release = tmp_path / "release"
+
+    def hold_the_first(spec: ExecutionSpec) -> None:
+        while spec.task_id == 1 and not release.exists():
+            time.sleep(0.01)
+
+    executor = ForkExecutor(recording(tmp_path, end=hold_the_first))
+    executor.launch(execution_spec(1))
+    executor.launch(execution_spec(2))
+    assert executor.running == 2
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "2").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.touch()
+    assert reap_all(executor) == 2
+
+    assert pid_of(tmp_path, 1) != pid_of(tmp_path, 2)
+    executor.close()
+
+
+def test_a_task_worker_that_died_is_replaced(tmp_path):
+    others = set(child_pids(os.getpid()))
+    executor = ForkExecutor(recording(tmp_path, end=lambda spec: os._exit(3)))
+    for task_id in (1, 2):
+        executor.launch(execution_spec(task_id))
+        assert reap_all(executor) == 1  # the task ended with its worker
+
+    assert pid_of(tmp_path, 1) != pid_of(tmp_path, 2)
+    executor.close()
+    assert set(child_pids(os.getpid())) == others  # both workers reaped
+
+
+def test_a_task_in_the_worker_runs_its_exit_handlers_once_and_the_worker_goes_on(tmp_path):
+    handled = tmp_path / "handled"
+
+    def exit_as_flower_does(spec: ExecutionSpec) -> None:
+        def push_status() -> None:
+            with handled.open("a") as out:
+                out.write(f"{spec.task_id}\n")
+
+        add_exit_handler(push_status)
+        clientapp_runtime.flwr_exit(0)  # in the worker, its own end of a task
+
+    executor = ForkExecutor(recording(tmp_path, end=exit_as_flower_does))
+    for task_id in (1, 2):
+        executor.launch(execution_spec(task_id))
+        assert reap_all(executor) == 1
+
+    assert handled.read_text().split() == ["1", "2"]
+    assert pid_of(tmp_path, 1) == pid_of(tmp_path, 2)
+    executor.close()
+
+
+@pytest.mark.parametrize(("flower_code", "status"), [(0, 0), (10, 0), (100, 1), (201, 1)])
+def test_a_task_ends_in_the_worker_with_the_status_flower_would_exit_with(flower_code, status):
+    with pytest.raises(SystemExit) as ended:
+        _end_task(flower_code)
+    assert ended.value.code == status
 
 
 def test_only_clientapp_tasks_are_acquired_and_launched():
@@ -263,7 +363,7 @@ def child_pids(pid: int) -> list[int]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_each_node_has_a_launcher_forked_from_one_preload_forking_every_task(
+def test_each_node_has_a_launcher_forked_from_one_preload_running_every_task(
     make_consortium, tmp_path
 ):
     rounds = 2
@@ -320,11 +420,20 @@ def test_each_node_has_a_launcher_forked_from_one_preload_forking_every_task(
         launcher_pid = launchers[spec.hospital]
         log = (logs / f"launcher-{spec.hospital}.log").read_text(errors="replace")
         assert not re.findall(preloaded, log)
+        # Tasks run in the launcher's task worker, or forked where it is busy: children of the
+        # launcher either way.
         forked = set(re.findall(r"Task (\d+) runs in pid (\d+), forked by pid (\d+)", log))
-        assert len(forked) == rounds + 1  # a train message per round, and the final evaluate
-        assert {int(parent) for _, _, parent in forked} == {launcher_pid}
+        assert {int(parent) for _, _, parent in forked} <= {launcher_pid}
         exits = set(re.findall(r"Task (\d+): pid (\d+) exited with code (-?\d+)", log))
         assert exits == {(task, child, "0") for task, child, _ in forked}
+        in_worker = set(re.findall(r"Task (\d+) runs in the task worker, pid (\d+)", log))
+        ended = set(re.findall(r"Task (\d+) ended in the task worker with code (-?\d+)", log))
+        assert ended == {(task, "0") for task, _ in in_worker}
+        workers = {int(pid) for pid in re.findall(r"Task worker started, pid (\d+)", log)}
+        assert {int(pid) for _, pid in in_worker} <= workers
+        # A train message per round, and the final evaluate; the first ran in the worker.
+        assert len(forked) + len(in_worker) == rounds + 1
+        assert in_worker
         supernode_log = (logs / f"supernode-{spec.hospital}.log").read_text(errors="replace")
         assert "Polling the SuperLink 0.05 s after a message, backing off to 1 s" in supernode_log
         for text in (log, supernode_log):
