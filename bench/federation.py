@@ -8,8 +8,8 @@ reports: its wall time (`seconds`) and each hospital's own training time (`train
 Overhead and scale (logistic regression): the framework's overhead is what the round costs beyond
 the slowest hospital's training, `seconds − max(train_seconds)`: process start-up, messaging, HE
 encryption and aggregation, evaluation. Meanwhile a sampler records each hospital's RSS: its
-SuperNode, its ClientApp launcher and the tasks the launcher forked. The hospitals share this
-machine, so their launchers share one preload of the ClientApp's modules
+SuperNode, its ClientApp launcher and the launcher's task worker and forked tasks. The hospitals
+share this machine, so their launchers share one preload of the ClientApp's modules
 (hospitals/launcher_host.py); its size is reported beside the memory per hospital, since a
 hospital alone on its machine holds it by itself.
 
@@ -20,7 +20,6 @@ with the model in the clear); the ratio of their median round times is what HE c
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import statistics
@@ -123,7 +122,7 @@ QUICK_COMPARISON = ComparisonCase(hospitals=3, rounds=2, hidden=(64,))
 @dataclass
 class MemorySampler:
     """Samples in the background each hospital's processes (its SuperNode, its launcher and the
-    ClientApp tasks the launcher forked) and the machine's available memory."""
+    launcher's task worker and forked ClientApp tasks) and the machine's available memory."""
 
     pids: dict[str, tuple[int, ...]]
     peaks: dict[str, int] = field(default_factory=dict)  # RSS of each hospital's processes
@@ -183,16 +182,14 @@ def own_and_reaped_cpu_s(pid: int) -> tuple[float, float]:
     return times.user + times.system, times.children_user + times.children_system
 
 
-def live_children_cpu_s(pid: int) -> float:
-    """CPU seconds so far of the processes `pid` runs now (a launcher's task worker and tasks)."""
-    try:
-        children = psutil.Process(pid).children()
-    except psutil.Error:
-        return 0.0
+def live_children_cpu_s(parents: Iterable[int]) -> float:
+    """CPU seconds so far of the processes that `parents` run now (launchers' task workers and
+    tasks), in one pass over the system's processes, as `rss_by_tree` reads them."""
+    wanted = set(parents)
     total = 0.0
-    for child in children:
-        with contextlib.suppress(psutil.Error):  # exited meanwhile: counted once reaped
-            times = child.cpu_times()
+    for process in psutil.process_iter(["ppid", "cpu_times"]):
+        times = process.info["cpu_times"]  # None for a process that exited meanwhile
+        if process.info["ppid"] in wanted and times is not None:
             total += times.user + times.system
     return total
 
@@ -211,7 +208,7 @@ def cpu_by_part(federation: LocalFederation) -> dict[str, float]:
         "SuperNodes": sum(own + reaped for own, reaped in supernodes),
         "launchers": sum(own for own, _ in launchers),
         "ClientApp tasks": sum(reaped for _, reaped in launchers)
-        + sum(live_children_cpu_s(pid) for pid in federation.launchers.values()),
+        + live_children_cpu_s(federation.launchers.values()),
         "SuperLink": superlink,
     }
 
@@ -847,8 +844,9 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             f"The full run measures {OVERHEAD_GOAL_HOSPITALS} hospitals twice, before and after "
             "the larger cases: the overhead and scale goals take the mean of both, so that the "
             "machine's drift over those minutes weighs on both sides of the scale goal.",
-            "Each ClientApp task is forked from its hospital's warm launcher, not started fresh, "
-            "and the launchers from one process that imported the ClientApp's modules once "
+            "Each ClientApp task runs in its hospital's task worker, forked once from the warm "
+            "launcher (or, while the worker is busy, forked for the task), not started fresh; "
+            "the launchers are forked from one process that imported the ClientApp's modules once "
             "(cohort-launchers); the SuperLink (cohort-superlink) holds a SuperNode's empty pull "
             f"until a message for it is complete (up to {PULL_WAIT_S:g} s), where Flower's "
             "SuperNode would poll every 3 s; SuperNodes (cohort-supernode) hold a launcher's "
@@ -867,10 +865,12 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "by this machine's "
             f"{psutil.cpu_count()} cores it is the part of a round the hospitals' own work "
             "takes when they share one machine, as they do here and not in a consortium. "
-            "Split into its parts (a launcher's own CPU apart from the tasks it forked), and the "
+            "Split into its parts (a launcher's own CPU apart from its task worker and the tasks "
+            "it forked), and the "
             "SuperLink's beside it; the ServerApp's is not measured.",
             "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
-            f"trees (with the forked ClientApp tasks), sampled every {MEMORY_SAMPLE_S} s; it "
+            "trees (with the task worker and forked ClientApp tasks), sampled every "
+            f"{MEMORY_SAMPLE_S} s; it "
             "counts the pages they share with other hospitals' processes in full. "
             "Memory / hospital: what the machine's available memory lost from before start-up "
             "to its lowest sample, divided by the hospitals; pages that processes share count "

@@ -149,7 +149,8 @@ def run_task(spec: ExecutionSpec) -> None:
 
 
 class ForkExecutor:
-    """Flower's SuperExec `Executor` protocol (superexec/executor/types.py), forking per task."""
+    """Flower's SuperExec `Executor` protocol (superexec/executor/types.py): each task runs in the
+    task worker, or in a child forked for it while the worker is busy (or with `worker=False`)."""
 
     def __init__(
         self,

@@ -1,8 +1,9 @@
 """A whole Flower deployment on this machine: one SuperLink and one SuperNode per hospital.
 
 Each SuperNode runs in Flower's `--isolation process` mode beside a warm ClientApp launcher that
-forks every ClientApp task from a process that imported torch, opacus and tenseal once, instead of
-Flower's SuperExec starting a fresh `flwr-clientapp` per message. The hospitals share this
+imported torch, opacus and tenseal once and runs every ClientApp task in a task worker forked from
+it (a task that comes while the worker is busy is forked on its own), instead of Flower's SuperExec
+starting a fresh `flwr-clientapp` per message. The hospitals share this
 machine, so their launchers are forked from one such process too (`cohort-launchers`,
 hospitals/launcher_host.py) and share its imported modules' memory: 10 hospitals measured 218 MiB
 each instead of 504, and one preload instead of one per hospital. Every process gets free
