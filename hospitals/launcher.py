@@ -227,7 +227,7 @@ class ForkExecutor:
 
     def reap_finished(self) -> int:
         """Reap the tasks that finished, so that none is left a zombie; how many there were."""
-        finished = self._worker.finished() if self._worker is not None else 0
+        finished = self._worker.tasks_finished() if self._worker is not None else 0
         for pid in list(self._children):
             reaped, status = os.waitpid(pid, os.WNOHANG)
             if reaped:
@@ -293,8 +293,8 @@ class TaskWorker:
     consent and data afresh from disk, as it would in a fork, and the RDP curves it computed stay
     for the tasks after it. Tasks reach the worker through a pipe (an `ExecutionSpec` each, as
     JSON) and it answers through another (a byte each: the exit code). A task that comes while
-    the worker runs one is forked, as every task was before; so is every task where the worker
-    cannot start.
+    the worker runs one gets a child forked for it alone, as every task does with
+    `ForkExecutor(worker=False)`; so does every task where the worker cannot start.
     """
 
     _SIZE = 4  # bytes of the length before each spec
@@ -337,7 +337,7 @@ class TaskWorker:
         os.write(self._specs, len(encoded).to_bytes(self._SIZE, "big") + encoded)
         self.busy = True
 
-    def finished(self) -> int:
+    def tasks_finished(self) -> int:
         """1 if the task it ran has finished since last asked (or the worker died), else 0."""
         try:
             answer = os.read(self._done, 1)
