@@ -17,16 +17,17 @@ send (`skip_disabled_telemetry`).
 Where one machine holds several hospitals' SuperNodes, `cohort-launchers` (launcher_host.py)
 forks each one's launcher from a single preload instead.
 
-Fork safety. The parent never runs a torch op, so no OpenMP pool exists to be inherited broken,
-and never initialises CUDA, whose context cannot survive a fork: `torch.cuda` belongs in the tasks
+Fork safety. The parent never runs a torch op, so no OpenMP pool exists to be inherited broken, and
+never initialises CUDA, whose context cannot survive a fork: `torch.cuda` belongs in the tasks
 only. It starts no thread and registers no Flower exit handler, so a child inherits neither a lock
 held by another thread nor the parent's clean-up. The idle pool threads that importing numpy and
 pyarrow starts (OpenBLAS, jemalloc) are handled by those libraries' own pthread_atfork handlers; a
-forked child was checked to run BLAS, torch, Parquet and CKKS work. Every child leaves with
-`os._exit`, never unwinding into the parent's loop: an interpreter exit in a fork runs C++ static
-destructors that abort ("std::system_error: No such process"). Random state: CPython reseeds
-`random` in a child; numpy's and torch's global generators are inherited as they are, where a fresh
-interpreter would start them from fixed seeds anyway: the node seeds its own generators
+forked child was checked to run BLAS, torch, Parquet and CKKS work. The task worker does run torch
+and start threads (each task's Flower heartbeat among them), but it forks nothing. Every child
+leaves with `os._exit`, never unwinding into the parent's loop: an interpreter exit in a fork runs
+C++ static destructors that abort ("std::system_error: No such process"). Random state: CPython
+reseeds `random` in a child; numpy's and torch's global generators are inherited as they are, where
+a fresh interpreter would start them from fixed seeds anyway: the node seeds its own generators
 (hospitals/dp.py) and SEAL seeds each PRNG from the OS when a task encrypts.
 
 What a forked task hands back. Its memory is gone when it exits, and with it Opacus's RDP curve
