@@ -26,8 +26,8 @@ def study_request(consortium: Consortium, tmp_path) -> StudyRequest:
     )
 
 
-def test_four_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_consortium, tmp_path):
-    consortium = make_consortium(rounds=4, round_timeout_s=45)
+def test_six_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_consortium, tmp_path):
+    consortium = make_consortium(rounds=6, round_timeout_s=45)
     with LocalFederation(
         workdir=tmp_path / "federation", hospitals=consortium.hospitals
     ) as federation:
@@ -47,9 +47,10 @@ def test_four_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_conso
     assert not any(process.alive() for process in processes)
     assert outcome.status.status == "finished:completed", outcome.failure_reason
     first, *_, last = outcome.rounds
-    # Round 1 is reported once round 2's replies brought its evaluation, and the kill races
-    # round 3, whose messages reach a SuperNode within milliseconds: hospital-c may have trained
-    # in it. It is gone by round 4.
+    # Round 1 is reported once round 2's replies brought its evaluation, and the follower reads
+    # it within a poll (0.5 s): the kill races the next round or two, whose messages reach a
+    # SuperNode within milliseconds, so hospital-c may have trained in them. It is gone by the
+    # last round.
     assert sorted(first["participants"]) == ["hospital-a", "hospital-b", "hospital-c"]
     assert sorted(last["participants"]) == ["hospital-a", "hospital-b"]
     assert last["dropped"]["hospital-c"].startswith(
@@ -72,11 +73,12 @@ def test_four_rounds_with_dp_and_he_survive_a_hospital_killed_mid_run(make_conso
         name: len(PrivacyLedger(n.ledger_path).entries(dataset_id=n.dataset_id, run_id=run_id))
         for name, n in node.items()
     }
-    # A node charges before it trains, so that a reply lost afterwards still counts.
-    assert recorded in (
-        {"hospital-a": 4, "hospital-b": 4, "hospital-c": 2},
-        {"hospital-a": 4, "hospital-b": 4, "hospital-c": 3},
-    )
+    # A node charges before it trains, so that a reply lost afterwards still counts: hospital-c
+    # charged each round it contributed to, and at most the one it was killed in.
+    contributed = sum("hospital-c" in r["participants"] for r in outcome.rounds)
+    assert recorded["hospital-a"] == recorded["hospital-b"] == 6
+    assert recorded["hospital-c"] in (contributed, contributed + 1)
+    assert contributed >= 2
     study = consortium.protocol.study_id
     model_a = np.load(released_model_path(node["hospital-a"], study_id=study, run_id=run_id))[
         "parameters"
