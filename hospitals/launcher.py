@@ -50,7 +50,8 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from functools import partial
 from logging import DEBUG, INFO, WARNING
 from pathlib import Path
 from types import FrameType
@@ -287,18 +288,16 @@ class TaskWorker:
     """A child of the launcher that runs ClientApp tasks one after another, for as long as it
     lives: the launcher's parent side of it.
 
-    A task forked afresh pays for the fork in copy-on-write faults (~9,500 a task, ~3.4 µs
-    each here) and for every first call torch, Opacus, pandas and TenSEAL make in a process; a
-    task in the worker finds the pages its predecessors copied and the calls warm. What stays
-    between tasks is the worker's memory: each task still reads the node's config, policy, keys,
-    consent and data afresh from disk, as it would in a fork, and the RDP curves it computed stay
-    for the tasks after it. Tasks reach the worker through a pipe (an `ExecutionSpec` each, as
-    JSON) and it answers through another (a byte each: the exit code). A task that comes while
-    the worker runs one gets a child forked for it alone, as every task does with
+    A task forked afresh pays for the fork in copy-on-write faults (~9,500 a task, ~3.4 µs each
+    here) and for every first call torch, Opacus, pandas and TenSEAL make in a process; a task in
+    the worker finds the pages its predecessors copied and the calls warm. What stays between tasks
+    is the worker's memory: each task still reads the node's config, policy, keys, consent and data
+    afresh from disk, as it would in a fork, and the RDP curves it computed stay for the tasks
+    after it. Tasks reach the worker through a pipe (an `ExecutionSpec` each, a line of JSON) and
+    it answers through another (a byte each: the exit code). A task that comes while the worker
+    runs one gets a child forked for it alone, as every task does with
     `ForkExecutor(worker=False)`; so does every task where the worker cannot start.
     """
-
-    _SIZE = 4  # bytes of the length before each spec
 
     def __init__(self, pid: int, *, specs: int, done: int) -> None:
         self.pid = pid
@@ -334,8 +333,7 @@ class TaskWorker:
 
     def run(self, spec: ExecutionSpec) -> None:
         """Hand `spec` to the worker, which must be idle. One write of under PIPE_BUF: whole."""
-        encoded = json.dumps(asdict(spec)).encode()
-        os.write(self._specs, len(encoded).to_bytes(self._SIZE, "big") + encoded)
+        os.write(self._specs, json.dumps(asdict(spec)).encode() + b"\n")
         self.busy = True
 
     def tasks_finished(self) -> int:
@@ -388,9 +386,13 @@ def serve_in_worker(task: Callable[[ExecutionSpec], None], *, specs: int, done: 
     SuperNode, and the worker ends with the launcher, whose pipe then closes.
     """
     replace_in_flower(clientapp_runtime, "flwr_exit", _end_task)
-    while (spec := _read_spec(specs)) is not None:
+    for line in os.fdopen(specs, "rb"):  # until the launcher closes the pipe
+        fields = json.loads(line)
+        spec = ExecutionSpec(
+            **{**fields, "task_type": TaskType(fields["task_type"]), "parent_pid": None}
+        )
         log(INFO, "Task %d runs in the task worker, pid %d", spec.task_id, os.getpid())
-        code = exit_code(lambda: task(replace(spec, parent_pid=None)))
+        code = exit_code(partial(task, spec))
         # Whatever a task registered for its exit and did not get to run (it ended before
         # Flower's exit) runs now, as it would have at a forked task's exit.
         _run_exit_handlers()
@@ -398,28 +400,6 @@ def serve_in_worker(task: Callable[[ExecutionSpec], None], *, specs: int, done: 
         flush_standard_streams()
         os.write(done, bytes([code & 0xFF]))
     return 0
-
-
-def _read_spec(specs: int) -> ExecutionSpec | None:
-    """The next spec the launcher sent, or None once it closed the pipe."""
-    header = _read_exactly(specs, TaskWorker._SIZE)
-    if header is None:
-        return None
-    encoded = _read_exactly(specs, int.from_bytes(header, "big"))
-    if encoded is None:
-        return None
-    fields = json.loads(encoded)
-    return ExecutionSpec(**{**fields, "task_type": TaskType(fields["task_type"])})
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 def _end_task(code: int, *args: object, **kwargs: object) -> NoReturn:
