@@ -2,7 +2,8 @@
 
 Each catalog model trains one epoch on the same synthetic cohort with `train_plain` (the baseline)
 and with `train_dp` in every per-sample gradient mode `train_dp` accepts (hooks, functorch,
-ExpandedWeights, ghost clipping), with the same batch size, learning rate and seed: on the CPU,
+ExpandedWeights, ghost clipping, book-keeping), with the same batch size, learning rate and seed:
+on the CPU,
 and on CUDA too where there is a GPU. Every (device, model, mode) runs in a fresh process, so that
 one training's allocations never count towards another's peak memory.
 """
@@ -87,9 +88,11 @@ CUDA_MEMORY_NOTE = (
 MODES_NOTE = (
     "DP modes: hooks, functorch and ew (torch's ExpandedWeights) materialise every row's "
     "gradient; ghost clipping computes only each row's gradient norm, then backpropagates the "
-    "clip-weighted loss a second time. All clip to the same norm and add the same noise. Nodes "
-    "train in the mode marked * (grad_sample_mode_for: ew while batch × parameters stays small, "
-    "ghost clipping beyond)."
+    "clip-weighted loss a second time; bk (book-keeping) takes the same norms from one "
+    "backward pass and the clipped sum as one matrix product per linear layer. All clip to "
+    "the same norm and add the same noise. Nodes train in the mode marked * "
+    "(grad_sample_mode_for: bk for every model of linear layers, as every catalog model is; "
+    "otherwise ew while batch × parameters stays small, ghost clipping beyond)."
 )
 
 FloatArray = npt.NDArray[np.float32]

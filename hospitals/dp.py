@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,11 +28,11 @@ from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import MAX_SIGMA
 from opacus.data_loader import DPDataLoader
-from opacus.grad_sample import AbstractGradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from hospitals.book_keeping import BookKeepingClipper, ClippedSumOptimizer, book_keeping_layers
 from hospitals.evaluation import FeatureArray, LabelArray, binary_logits, tensors_from_arrays
 
 _CPU = torch.device("cpu")
@@ -75,8 +74,8 @@ class Accountant(StrEnum):
 
 
 class GradSampleMode(StrEnum):
-    """How Opacus bounds each row's gradient. Every mode clips each row's gradient to
-    max_grad_norm before the sum is noised, so the mechanism and its accounting are the same;
+    """How each row's gradient is bounded. Every mode clips each row's gradient to
+    max_grad_norm before Opacus noises the sum, so the mechanism and its accounting are the same;
     they differ in time and memory only (`make bench`, suite dp)."""
 
     HOOKS = "hooks"  # per-sample gradients from module hooks, one tensor per row and parameter
@@ -87,6 +86,10 @@ class GradSampleMode(StrEnum):
     # Per-sample gradient norms only (Li et al. 2022, "ghost clipping"), then a second backward
     # of the clip-weighted loss: no per-sample gradient is ever materialised.
     GHOST = "ghost"
+    # Per-sample gradient norms as ghost clipping computes them, and the clipped sum as one
+    # matrix product per layer (hospitals.book_keeping): one backward, for models of linear
+    # layers only, which every catalog model is. Opacus samples, noises and accounts.
+    BOOK_KEEPING = "bk"
 
 
 # ExpandedWeights holds batch × parameters per-sample gradient values a step; up to this many it
@@ -102,7 +105,10 @@ PER_SAMPLE_MAX_VALUES = 2**19
 
 
 def grad_sample_mode_for(model: nn.Module, *, batch_size: int) -> GradSampleMode:
-    """ExpandedWeights while a step's per-sample gradients stay small, ghost clipping beyond."""
+    """Book-keeping where it can clip `model` (every catalog model). Otherwise ExpandedWeights
+    while a step's per-sample gradients stay small, ghost clipping beyond."""
+    if book_keeping_layers(model) is not None:
+        return GradSampleMode.BOOK_KEEPING
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if batch_size * parameters <= PER_SAMPLE_MAX_VALUES:
         return GradSampleMode.EXPANDED_WEIGHTS
@@ -668,33 +674,31 @@ def _remove_opacus_residue(model: nn.Module) -> None:
             module._is_full_backward_hook = None
 
 
-class _Loss(Protocol):
-    def backward(self) -> None: ...
-
-
 @dataclass(frozen=True)
 class _PrivateTraining:
-    """What `make_private` returns, whatever the mode: ghost clipping adds a loss wrapper whose
-    backward runs the two passes; the other modes use the plain criterion."""
+    """The model, optimizer and Poisson loader of one DP training, whatever the mode, with the
+    mode's backward pass: it leaves what the optimizer clips (hooks, functorch, ew: per-sample
+    gradients) or the clipped sum itself (ghost, bk)."""
 
-    module: AbstractGradSampleModule
+    module: nn.Module
     optimizer: DPOptimizer
     loader: DPDataLoader
-    loss: Callable[[torch.Tensor, torch.Tensor], _Loss]
+    backward: Callable[[torch.Tensor, torch.Tensor], None]  # (logits, targets)
+    cleanup: Callable[[], None]  # takes the mode's hooks and attributes off the model
     mode: GradSampleMode
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        self.optimizer.zero_grad()
+        self.optimizer.zero_grad(set_to_none=True)
         # On an empty batch every per-sample gradient (or norm) is empty, so the step adds noise
         # only; it must run, as q assumes.
         if len(targets) == 0 and self.mode is GradSampleMode.EXPANDED_WEIGHTS:
             # torch's ExpandedWeights refuses a batch of no rows, so its empty per-sample
             # gradients are set here, as the other modes' backward leaves them.
-            for parameter in self.module.parameters():
+            for parameter in self.optimizer.params:
                 if parameter.requires_grad:
                     parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
         else:
-            self.loss(binary_logits(self.module, inputs), targets).backward()
+            self.backward(binary_logits(self.module, inputs), targets)
         self.optimizer.step()
 
 
@@ -709,10 +713,21 @@ def _make_private(
     noise_generator: torch.Generator,
     mode: GradSampleMode,
 ) -> _PrivateTraining:
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    if mode is GradSampleMode.BOOK_KEEPING:
+        return _book_keeping(
+            engine,
+            model,
+            optimizer,
+            loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            noise_generator=noise_generator,
+        )
     criterion = nn.BCEWithLogitsLoss()
     made = engine.make_private(
         module=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=learning_rate),
+        optimizer=optimizer,
         criterion=criterion,
         data_loader=loader,
         noise_multiplier=noise_multiplier,
@@ -722,10 +737,62 @@ def _make_private(
         grad_sample_mode=mode.value,
     )
     if mode is GradSampleMode.GHOST:
-        module, optimizer, ghost_loss, private_loader = made
-        return _PrivateTraining(module, optimizer, private_loader, ghost_loss, mode)
-    module, optimizer, private_loader = made
-    return _PrivateTraining(module, optimizer, private_loader, criterion, mode)
+        module, private_optimizer, loss, private_loader = made
+    else:
+        module, private_optimizer, private_loader = made
+        loss = criterion
+
+    def backward(logits: torch.Tensor, targets: torch.Tensor) -> None:
+        loss(logits, targets).backward()
+
+    return _PrivateTraining(
+        module, private_optimizer, private_loader, backward, cleanup=module.cleanup, mode=mode
+    )
+
+
+def _book_keeping(
+    engine: PrivacyEngine,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    noise_generator: torch.Generator,
+) -> _PrivateTraining:
+    """What `PrivacyEngine.make_private` assembles for ghost clipping (Opacus's Poisson loader,
+    an optimizer that noises clipped sums, the accountant's step hook), with the model left
+    as it is: `BookKeepingClipper` clips."""
+    layers = book_keeping_layers(model)
+    if layers is None:
+        raise ValueError("book-keeping clips models of linear layers and row-wise modules only")
+    private_loader = DPDataLoader.from_data_loader(loader)
+    sample_rate = 1 / len(private_loader)
+    private_optimizer = ClippedSumOptimizer(
+        optimizer,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=int(len(private_loader.dataset) * sample_rate),
+        generator=noise_generator,
+    )
+    private_optimizer.attach_step_hook(
+        engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate)
+    )
+    clipper = BookKeepingClipper(layers, max_grad_norm=max_grad_norm)
+
+    def backward(logits: torch.Tensor, targets: torch.Tensor) -> None:
+        clipper.backward(
+            nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+        )
+
+    return _PrivateTraining(
+        model,
+        private_optimizer,
+        private_loader,
+        backward,
+        cleanup=clipper.remove,
+        mode=GradSampleMode.BOOK_KEEPING,
+    )
 
 
 def train_dp(
@@ -793,7 +860,7 @@ def train_dp(
                         private.step(batch_inputs.to(on), batch_targets.to(on))
         finally:
             private.optimizer.zero_grad()
-            private.module.cleanup()
+            private.cleanup()
             _remove_opacus_residue(model)
     return PrivacyStep(
         sample_rate=planned_sample_rate,

@@ -29,6 +29,7 @@ from hospitals.dp import (
     train_plain,
 )
 from hospitals.evaluation import evaluate
+from hospitals.models import ModelSpec, build_model
 
 DELTA = 1e-5
 N_FEATURES = 4
@@ -652,15 +653,34 @@ def test_every_mode_trains_and_spends_as_hooks_do(architecture: str, mode: GradS
 @pytest.mark.parametrize(
     ("hidden", "batch_size", "expected"),
     [
-        (64, 64, GradSampleMode.EXPANDED_WEIGHTS),  # 385 parameters: 24,640 per-sample values
-        (1024, 64, GradSampleMode.EXPANDED_WEIGHTS),  # 6,145 parameters: 393,280
-        (2048, 64, GradSampleMode.GHOST),  # 12,289 parameters: 786,496
-        (2048, 8, GradSampleMode.EXPANDED_WEIGHTS),  # 98,312: a small batch keeps them cheap
+        (64, 64, GradSampleMode.EXPANDED_WEIGHTS),  # 513 parameters: 32,832 per-sample values
+        (512, 64, GradSampleMode.EXPANDED_WEIGHTS),  # 4,097 parameters: 262,208
+        (2048, 64, GradSampleMode.GHOST),  # 16,385 parameters: 1,048,640
+        (2048, 8, GradSampleMode.EXPANDED_WEIGHTS),  # 131,080: a small batch keeps them cheap
     ],
 )
-def test_the_mode_follows_the_size_of_a_steps_per_sample_gradients(hidden, batch_size, expected):
-    model = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+def test_beyond_book_keeping_the_mode_follows_the_size_of_a_steps_per_sample_gradients(
+    hidden, batch_size, expected
+):
+    # A layer norm's parameters are not a linear layer's: book-keeping cannot clip this model.
+    model = nn.Sequential(
+        nn.Linear(N_FEATURES, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Linear(hidden, 1)
+    )
     assert grad_sample_mode_for(model, batch_size=batch_size) is expected
+
+
+@pytest.mark.parametrize("batch_size", [8, 64, 4096])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec(name="logistic_regression"),
+        ModelSpec(name="mlp"),
+        ModelSpec(name="mlp", hyperparameters={"hidden": (1024,) * 4, "activation": "tanh"}),
+    ],
+)
+def test_book_keeping_clips_every_catalog_model_at_any_size(spec, batch_size):
+    model = build_model(spec, n_features=N_FEATURES, seed=0)
+    assert grad_sample_mode_for(model, batch_size=batch_size) is GradSampleMode.BOOK_KEEPING
 
 
 def test_without_a_mode_train_dp_picks_one(monkeypatch):
@@ -684,7 +704,7 @@ def test_without_a_mode_train_dp_picks_one(monkeypatch):
         seed=7,
         accountant=Accountant.RDP,
     )
-    assert used == [GradSampleMode.EXPANDED_WEIGHTS]
+    assert used == [GradSampleMode.BOOK_KEEPING]
 
 
 requires_cuda = pytest.mark.skipif(
