@@ -257,9 +257,11 @@ def test_integer_slots_no_packed_sum_can_hold_fail_decryption(
 
 def test_a_tampered_ciphertext_fails_decryption(secret: SecretContext) -> None:
     # CKKS is malleable: altered bytes still parse. Unpacked, they would decrypt to wrong values;
-    # packed, the slots are no longer integers and decryption says so.
+    # packed, the slots are no longer integers and decryption says so. Which slot it names
+    # depends on the encryption's randomness: in a few percent of runs all four words of this
+    # small update land near non-negative integers, and the weight slot, a huge one, is refused.
     data = encrypt_packed(secret, values=np.zeros(5), weight=1.0, quantization=SCHEME).to_bytes()
     tampered = data[:-40] + bytes(40)
     update = PackedUpdate.from_bytes(tampered, context=secret, max_bytes=max_packed_nbytes(5))
-    with pytest.raises(DecryptionError, match="not a non-negative integer"):
+    with pytest.raises(DecryptionError, match="not a (non-negative|positive) integer"):
         decrypt_packed_mean(secret, update)
