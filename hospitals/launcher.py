@@ -72,7 +72,6 @@ from flwr.supercore.utils import disable_process_dumping
 from flwr.supernode.runtime import run_clientapp as clientapp_runtime
 
 from hospitals.dp import RDP_CURVES, RdpCurves
-from hospitals.evaluation import prepare_metrics
 from hospitals.polling import (
     DEFAULT_MAX_IDLE_WAIT_S,
     IdleBackoff,
@@ -490,12 +489,10 @@ def flush_standard_streams() -> None:
 
 
 def preload(modules: Sequence[str] = PRELOAD_MODULES) -> None:
-    """Import the ClientApp and all it imports, once, and pay the one-off costs of its metrics,
-    for every forked task to share."""
+    """Import the ClientApp and all it imports, once, for every forked task to share."""
     started = time.monotonic()
     for module in modules:
         importlib.import_module(module)
-    prepare_metrics()
     # Every object so far lives as long as the launcher: a task's garbage collections would walk
     # them all and, by updating their headers, copy each page of them into the child.
     gc.freeze()
