@@ -290,9 +290,10 @@ class TaskWorker:
     A task forked afresh pays for the fork in copy-on-write faults (~9,500 a task, ~3.4 µs each
     here) and for every first call torch, Opacus, pandas and TenSEAL make in a process; a task in
     the worker finds the pages its predecessors copied and the calls warm. What stays between tasks
-    is the worker's memory: each task still reads the node's config, policy, keys, consent and data
-    afresh from disk, as it would in a fork, and the RDP curves it computed stay for the tasks
-    after it. Tasks reach the worker through a pipe (an `ExecutionSpec` each, a line of JSON) and
+    is the worker's memory: each task reads the node's config, policy and consent afresh, finds
+    the dataset and study key its predecessors parsed unless their files or the consent snapshot
+    changed (hospitals.parsed_files), and leaves the RDP curves it computed to the tasks after
+    it. Tasks reach the worker through a pipe (an `ExecutionSpec` each, a line of JSON) and
     it answers through another (a byte each: the exit code). A task that comes while the worker
     runs one gets a child forked for it alone, as every task does with
     `ForkExecutor(worker=False)`; so does every task where the worker cannot start.

@@ -43,10 +43,11 @@ from hospitals.dp import (
     train_dp,
 )
 from hospitals.evaluation import Metrics, evaluate
-from hospitals.keys import MissingStudyKeyError, load_study_key
+from hospitals.keys import MissingStudyKeyError, load_study_key, study_key_path
 from hospitals.ledger import BudgetExceededError, PrivacyLedger
 from hospitals.models import build_model, get_flat_parameters, parameter_count, set_flat_parameters
 from hospitals.node import NodeSettings, node_logger
+from hospitals.parsed_files import ParsedFiles
 from hospitals.plans import remembered_plan
 from hospitals.policy import NodePolicy, PolicyError, load_policy
 from hospitals.protocol import StudyProtocol
@@ -59,6 +60,11 @@ TARGET_TOLERANCE = 1e-3
 # schema (a declared range to [-1, 1], or z-scores against a declared reference) stay far inside
 # it, and a value outside refuses the round rather than being clipped.
 UPDATE_QUANTIZATION = Quantization(clip=8.0)
+# This process's: in a node's task worker, each round's task finds the previous round's dataset
+# (under the same consent snapshot) and study key parsed, unless their files changed. Rounds
+# share them, read-only: a split copies the dataset's rows.
+_DATASETS: ParsedFiles[LocalDataset] = ParsedFiles()
+_STUDY_KEYS: ParsedFiles[SecretContext] = ParsedFiles()
 
 T = TypeVar("T")
 
@@ -359,7 +365,11 @@ def _check_study_allowed(policy: NodePolicy, protocol: StudyProtocol) -> None:
 
 def _study_key(node: NodeSettings, protocol: StudyProtocol) -> SecretContext:
     try:
-        return load_study_key(node.keys_dir, study_id=protocol.study_id)
+        return _STUDY_KEYS.parsed(
+            study_key_path(node.keys_dir, protocol.study_id),
+            None,
+            lambda: load_study_key(node.keys_dir, study_id=protocol.study_id),
+        )
     except (MissingStudyKeyError, CryptoError) as error:
         raise RoundRefusedError("missing-key", str(error)) from error
 
@@ -392,7 +402,11 @@ def _consented_dataset(
     node: NodeSettings, protocol: StudyProtocol, basis: ConsentBasis
 ) -> LocalDataset:
     try:
-        return load_dataset(node.data_path, protocol.schema, include=basis.row_filter)
+        return _DATASETS.parsed(
+            node.data_path,
+            (protocol.schema, basis.label, basis.secret),
+            lambda: load_dataset(node.data_path, protocol.schema, include=basis.row_filter),
+        )
     except DataError as error:
         # The error may quote a cell of the file: it stays in the node log, never in the reply.
         node_logger(node).error("dataset rejected: %s", error)
