@@ -109,7 +109,7 @@ class BookKeepingClipper:
 class ClippedSumOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]  # untyped
     """Opacus's optimizer for gradients that come to it already clipped and summed, as ghost
     clipping's and `BookKeepingClipper`'s do: it noises, scales, accounts and steps as Opacus
-    does. Opacus deep-copies each `.grad` into `summed_grad` first (~20 µs a parameter, a
+    does. Opacus deep-copies each `.grad` into `summed_grad` first (~20 µs a parameter, up to a
     tenth of a small model's step); this takes the tensor over, as `add_noise` then sets
     `.grad` to a new one anyway."""
 
