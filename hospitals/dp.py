@@ -482,8 +482,9 @@ class RdpCurves:
     array Opacus would compute. A curve costs ~0.1 s of CPU and every round of a study needs the
     same one. ClientApp tasks run one after another in a node's task worker, where the curves
     simply stay; a task forked from `cohort-launcher` while the worker is busy hands the curves it
-    computed to the launcher (`computed_records`, `remember`), whose later forks inherit them. Curves travel only between a node's own processes, never through a file, and
-    only as Opacus computed them: `remember` refuses a record that is not one.
+    computed to the launcher (`computed_records`, `remember`), whose later forks inherit them.
+    Curves travel only between a node's own processes, never through a file, and only as Opacus
+    computed them: `remember` refuses a record that is not one.
     """
 
     RECORD = struct.Struct(f"<dd{len(RDPAccountant.DEFAULT_ALPHAS)}d")
