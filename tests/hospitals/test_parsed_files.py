@@ -88,10 +88,10 @@ def test_a_file_written_during_the_parse_is_parsed_again(data: Path) -> None:
 
 def test_a_missing_file_is_never_kept(tmp_path: Path) -> None:
     files: ParsedFiles[str] = ParsedFiles()
-    missing = tmp_path / "gone.csv"
-    parses: list[str] = []
+    parse = CountingParse(tmp_path / "gone.csv")
 
     for _ in range(2):
-        files.parsed(missing, "schema", lambda: parses.append("parsed") or "")
+        with pytest.raises(FileNotFoundError):
+            files.parsed(parse.path, "schema", parse)
 
-    assert parses == ["parsed", "parsed"]
+    assert parse.calls == 2
