@@ -96,7 +96,7 @@ QUICK_IDLE_WINDOW_S = 2.0
 IDLE_NODE_PARTS = ("SuperNodes", "launchers")
 IDLE_PARTS = (*IDLE_NODE_PARTS, "SuperLink")
 # The parts whose CPU the HE vs plaintext comparison shows side by side (launchers barely work).
-COMPARED_CPU_PARTS = ("SuperNodes", "ClientApp tasks", "SuperLink")
+COMPARED_CPU_PARTS = ("SuperNodes", "ClientApp tasks", "SuperLink", "ServerApp")
 
 
 @dataclass(frozen=True)
@@ -194,22 +194,31 @@ def live_children_cpu_s(parents: Iterable[int]) -> float:
     return total
 
 
+def serverapp_cpu_s(superlink_pid: int) -> float:
+    """CPU seconds so far of the SuperLink's children, Flower's SuperExec, and of the ServerApps
+    they start, one per run: those it runs now and those it has reaped."""
+    try:
+        execs = [child.pid for child in psutil.Process(superlink_pid).children()]
+    except psutil.Error:
+        return 0.0
+    return sum(sum(own_and_reaped_cpu_s(pid)) for pid in execs) + live_children_cpu_s(execs)
+
+
 def cpu_by_part(federation: LocalFederation) -> dict[str, float]:
     """CPU seconds so far of each part of the deployment. ClientApp tasks count in the task
-    worker or forked child that runs them, and again once a launcher has reaped a child (a
-    difference of two readings counts each CPU second once); the ServerApp (a process Flower
-    starts per run) is not counted."""
+    worker or forked child that runs them, and again once a launcher has reaped a child, as a
+    ServerApp does once its SuperExec has: a difference of two readings counts each CPU second
+    once."""
     supernodes = [own_and_reaped_cpu_s(p.pid) for p in federation.supernodes.values()]
     launchers = [own_and_reaped_cpu_s(pid) for pid in federation.launchers.values()]
-    superlink, _ = (
-        own_and_reaped_cpu_s(federation.superlink.pid) if federation.superlink else (0.0, 0.0)
-    )
+    superlink = federation.superlink
     return {
         "SuperNodes": sum(own + reaped for own, reaped in supernodes),
         "launchers": sum(own for own, _ in launchers),
         "ClientApp tasks": sum(reaped for _, reaped in launchers)
         + live_children_cpu_s(federation.launchers.values()),
-        "SuperLink": superlink,
+        "SuperLink": own_and_reaped_cpu_s(superlink.pid)[0] if superlink else 0.0,
+        "ServerApp": serverapp_cpu_s(superlink.pid) if superlink else 0.0,
     }
 
 
@@ -801,6 +810,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
                 if r.rounds
                 else None,
                 _rounded(r.cpu_s_per_round.get("SuperLink")),
+                _rounded(r.cpu_s_per_round.get("ServerApp")),
                 goal,
                 _rounded(first["seconds"]) if first else None,
                 _rounded(first["overhead_s"]) if first else None,
@@ -824,6 +834,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "hospitals' CPU s / round",
             "of it: " + " / ".join(HOSPITAL_PARTS),
             "SuperLink CPU s / round",
+            "ServerApp CPU s / round",
             f"goal met ({OVERHEAD_GOAL_HOSPITALS})?",
             "round 1 s",
             "round 1 overhead s",
@@ -866,8 +877,8 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             f"{psutil.cpu_count()} cores it is the part of a round the hospitals' own work "
             "takes when they share one machine, as they do here and not in a consortium. "
             "Split into its parts (a launcher's own CPU apart from its task worker and the tasks "
-            "it forked), and the "
-            "SuperLink's beside it; the ServerApp's is not measured.",
+            "it forked), and the SuperLink's and the ServerApp's beside it (the ServerApp with "
+            "the SuperExec that starts it).",
             "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
             "trees (with the task worker and forked ClientApp tasks), sampled every "
             f"{MEMORY_SAMPLE_S} s; it "
@@ -975,9 +986,8 @@ def comparison_table(comparison: Comparison) -> Table:
             "evaluation); each pair's ratio divides its two medians, and the table shows the "
             "median over pairs, with the pairs' lowest and highest ratio.",
             "CPU s / round: each run's CPU per steady round of every hospital's SuperNode, of "
-            "their ClientApp tasks and of the SuperLink, the median over pairs: where the HE "
-            "round's extra time goes. The ServerApp, which sums the ciphertexts, is not counted "
-            "(the he suite times that sum).",
+            "their ClientApp tasks, of the SuperLink and of the ServerApp (which reads and sums "
+            "the updates), the median over pairs: where the HE round's extra time goes.",
             "The issue's case is the full run's: 10 hospitals, about 1M parameters. In the quick "
             "run the model is tiny and HE's share of a round is small beside messaging and "
             "process start-up, so its ratio says little.",

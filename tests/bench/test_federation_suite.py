@@ -66,7 +66,13 @@ def test_the_overhead_table_splits_the_cpu_per_round_by_part():
         10,
         rounds=[{"seconds": 6.0, "slowest_train_s": 0.5, "overhead_s": 5.5}] * 2,
         cpu=federation.CpuWindow(
-            {"SuperNodes": 6.0, "launchers": 1.6, "ClientApp tasks": 11.0, "SuperLink": 5.4},
+            {
+                "SuperNodes": 6.0,
+                "launchers": 1.6,
+                "ClientApp tasks": 11.0,
+                "SuperLink": 5.4,
+                "ServerApp": 1.2,
+            },
             rounds=2,
         ),
     )
@@ -77,6 +83,7 @@ def test_the_overhead_table_splits_the_cpu_per_round_by_part():
     assert row["hospitals' CPU s / round"] == 9.3
     assert row["of it: SuperNodes / launchers / ClientApp tasks"] == "3.00 / 0.80 / 5.50"
     assert row["SuperLink CPU s / round"] == 2.7
+    assert row["ServerApp CPU s / round"] == 0.6
     assert row["memory / hospital MiB"] == 300
     assert row["shared preload MiB"] == 480
 
@@ -175,6 +182,55 @@ def test_each_hospitals_rss_holds_its_processes_and_their_descendants(tmp_path):
     assert totals["tree"] >= own + 50 * 2**20
 
 
+SPIN_S = 0.4
+# Stands in for the SuperLink, its SuperExec and the ServerApps the SuperExec starts, one per run:
+# the SuperLink and each run spin on the CPU; the first run ends and is reaped, the second is
+# still running when measured.
+SERVERAPP_TREE = f"""
+import subprocess, sys, time
+def spin(seconds):
+    began = time.process_time()
+    while time.process_time() - began < seconds:
+        pass
+def start(role):
+    return subprocess.Popen([sys.executable, "-c", *sys.argv[1:2] * 2, role, sys.argv[3]])
+role, ready = sys.argv[2], sys.argv[3]
+if role == "superlink":
+    spin(3 * {SPIN_S})
+    start("superexec")
+elif role == "superexec":
+    start("ended run").wait()
+    start("running run")
+else:
+    spin({SPIN_S})
+    if role == "ended run":
+        sys.exit()
+    open(ready, "w").close()
+time.sleep(60)
+"""
+
+
+def test_the_serverapps_cpu_counts_its_runs_ended_and_running_but_not_the_superlinks(tmp_path):
+    ready = tmp_path / "ready"
+    superlink = subprocess.Popen(
+        [sys.executable, "-c", SERVERAPP_TREE, SERVERAPP_TREE, "superlink", str(ready)]
+    )
+    try:
+        while not ready.exists():
+            assert superlink.poll() is None
+            time.sleep(0.01)
+        serverapp_cpu_s = federation.serverapp_cpu_s(superlink.pid)
+    finally:
+        for process in psutil.Process(superlink.pid).children(recursive=True):
+            process.kill()
+        superlink.kill()
+        superlink.wait()
+
+    # Both runs' spins, and the interpreters' start-up; none of the SuperLink's own spin.
+    assert 2 * SPIN_S <= serverapp_cpu_s < 3 * SPIN_S
+    assert federation.serverapp_cpu_s(superlink.pid) == 0.0  # gone: nothing to count
+
+
 def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
     def rounds(steady_s: float) -> list[dict[str, Any]]:
         # The first and last rounds fall outside each run's median.
@@ -187,6 +243,7 @@ def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
             "launchers": 0.1,
             "ClientApp tasks": tasks_cpu_s,
             "SuperLink": 0.5,
+            "ServerApp": tasks_cpu_s / 10,
         }
         return federation.StudyRun(rounds(steady_s), federation.CpuWindow(cpu_s, rounds=1))
 
@@ -209,6 +266,7 @@ def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
     assert comparison.figures()["ratio_min"] == pytest.approx(1.1)
     assert row["ClientApp tasks CPU s / round: HE / plaintext"] == "2.50 / 1.00"
     assert row["SuperLink CPU s / round: HE / plaintext"] == "0.50 / 0.50"
+    assert row["ServerApp CPU s / round: HE / plaintext"] == "0.25 / 0.10"
     assert comparison.figures()["pairs"][0]["he"]["cpu_s_per_round"]["ClientApp tasks"] == 3.0
 
 
