@@ -242,6 +242,13 @@ class CpuWindow:
     def per_round(self) -> dict[str, float]:
         return {part: s / self.rounds for part, s in self.cpu_s.items()} if self.rounds else {}
 
+    @property
+    def bound_round_s(self) -> float | None:
+        """Every part's CPU per round divided among this machine's cores: the least a round can
+        take while all of them share these cores, however little any of them waits."""
+        per_round = self.per_round
+        return sum(per_round.values()) / (psutil.cpu_count() or 1) if per_round else None
+
 
 @dataclass(frozen=True)
 class CpuMark:
@@ -409,6 +416,12 @@ class Comparison:
     def median_over_pairs(self, side: str, key: str) -> float | None:
         """The median over pairs of one side's steady median of `key`."""
         values = [getattr(pair, side).median(key) for pair in self.pairs]
+        present = [value for value in values if value is not None]
+        return statistics.median(present) if present else None
+
+    def median_cpu_bound_over_pairs(self, side: str) -> float | None:
+        """The median over pairs of one side's CpuWindow.bound_round_s."""
+        values = [getattr(pair, side).cpu.bound_round_s for pair in self.pairs]
         present = [value for value in values if value is not None]
         return statistics.median(present) if present else None
 
@@ -715,8 +728,12 @@ def overhead_goal(results: Sequence[ScaleResult]) -> Goal:
     if not overheads:
         return goal
     rounds = [case.median_seconds for case in cases if case.median_seconds is not None]
+    bounds = [case.cpu.bound_round_s for case in cases if case.cpu.bound_round_s is not None]
+    cpu_bound = f"; all CPU ÷ cores {_both(bounds, '.2f', ' s')}" if bounds else ""
     mean = statistics.mean(overheads)
-    measured = f"{_both(overheads, '.2f', ' s')} (median round {_both(rounds, '.2f', ' s')})"
+    measured = (
+        f"{_both(overheads, '.2f', ' s')} (median round {_both(rounds, '.2f', ' s')}{cpu_bound})"
+    )
     if len(overheads) > 1:
         measured = f"{mean:.2f} s: the mean of {measured}"
     return replace(goal, measured=measured, met=within_overhead_goal(mean))
@@ -782,6 +799,7 @@ def figures(result: ScaleResult) -> dict[str, Any]:
         "hospitals_cpu_s_per_round": result.hospitals_cpu_s_per_round,
         "cpu_s_per_round": result.cpu_s_per_round,
         "cpu_rounds_counted": round(result.cpu.rounds, 2),
+        "cpu_bound_round_s": result.cpu.bound_round_s,
         "idle_cpu_ms_per_s": {part: round(ms, 2) for part, ms in result.idle_ms_per_s.items()},
         "idle_node_ms_per_s": _rounded(result.idle_node_ms_per_s),
         "cpu_count": psutil.cpu_count(),
@@ -805,6 +823,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
                 _rounded(r.seconds_per_hospital, 3),
                 _rounded(r.median_slowest_train),
                 _rounded(r.median_overhead),
+                _rounded(r.cpu.bound_round_s),
                 _rounded(r.hospitals_cpu_s_per_round),
                 " / ".join(f"{r.cpu_s_per_round[part]:.2f}" for part in HOSPITAL_PARTS)
                 if r.rounds
@@ -831,6 +850,7 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "round s / hospital",
             "median slowest train s",
             "overhead s",
+            "all CPU ÷ cores s / round",
             "hospitals' CPU s / round",
             "of it: " + " / ".join(HOSPITAL_PARTS),
             "SuperLink CPU s / round",
@@ -878,7 +898,10 @@ def overhead_table(results: list[ScaleResult], skipped: Sequence[str] = ()) -> T
             "takes when they share one machine, as they do here and not in a consortium. "
             "Split into its parts (a launcher's own CPU apart from its task worker and the tasks "
             "it forked), and the SuperLink's and the ServerApp's beside it (the ServerApp with "
-            "the SuperExec that starts it).",
+            "the SuperExec that starts it). All CPU ÷ cores: every part's CPU per round divided "
+            "among the cores, the least a round can take here however little any part waits: "
+            "where it is near the median round, the round is bound by CPU, and only less CPU per "
+            "round (or more cores, as hospitals on machines of their own have) shortens it.",
             "Peak RSS: the highest, over hospitals, of a SuperNode's and its launcher's process "
             "trees (with the task worker and forked ClientApp tasks), sampled every "
             f"{MEMORY_SAMPLE_S} s; it "
@@ -929,8 +952,7 @@ def overhead_plot(results: list[ScaleResult]) -> Figure:
     return figure
 
 
-def _cpu_pair(comparison: Comparison, part: str) -> str | None:
-    he, clear = (comparison.median_cpu_over_pairs(side, part) for side in ("he", "plaintext"))
+def _side_by_side(he: float | None, clear: float | None) -> str | None:
     return None if he is None or clear is None else f"{he:.2f} / {clear:.2f}"
 
 
@@ -955,6 +977,7 @@ def comparison_table(comparison: Comparison) -> Table:
             "HE update MiB",
             "plaintext update MiB",
             *(f"{part} CPU s / round: HE / plaintext" for part in COMPARED_CPU_PARTS),
+            "all CPU ÷ cores s / round: HE / plaintext",
         ],
         rows=[
             [
@@ -970,7 +993,11 @@ def comparison_table(comparison: Comparison) -> Table:
                     for side in sides
                 ),
                 *(_rounded(None if b is None else b / MIB, 4) for b in update_bytes),
-                *(_cpu_pair(comparison, part) for part in COMPARED_CPU_PARTS),
+                *(
+                    _side_by_side(*(comparison.median_cpu_over_pairs(side, part) for side in sides))
+                    for part in COMPARED_CPU_PARTS
+                ),
+                _side_by_side(*(comparison.median_cpu_bound_over_pairs(side) for side in sides)),
             ]
         ],
         notes=[
@@ -987,7 +1014,10 @@ def comparison_table(comparison: Comparison) -> Table:
             "median over pairs, with the pairs' lowest and highest ratio.",
             "CPU s / round: each run's CPU per steady round of every hospital's SuperNode, of "
             "their ClientApp tasks, of the SuperLink and of the ServerApp (which reads and sums "
-            "the updates), the median over pairs: where the HE round's extra time goes.",
+            "the updates), the median over pairs: where the HE round's extra time goes. All CPU "
+            "÷ cores: their sum (with the launchers') divided among this machine's cores, the "
+            "least a round can take here; where it is near the median round, the round is bound "
+            "by CPU.",
             "The issue's case is the full run's: 10 hospitals, about 1M parameters. In the quick "
             "run the model is tiny and HE's share of a round is small beside messaging and "
             "process start-up, so its ratio says little.",

@@ -61,7 +61,8 @@ def test_skipped_cases_are_named_in_the_overhead_table():
     assert table.rows == []
 
 
-def test_the_overhead_table_splits_the_cpu_per_round_by_part():
+def test_the_overhead_table_splits_the_cpu_per_round_by_part(monkeypatch):
+    monkeypatch.setattr(federation.psutil, "cpu_count", lambda: 4)
     result = scale_result(
         10,
         rounds=[{"seconds": 6.0, "slowest_train_s": 0.5, "overhead_s": 5.5}] * 2,
@@ -84,6 +85,7 @@ def test_the_overhead_table_splits_the_cpu_per_round_by_part():
     assert row["of it: SuperNodes / launchers / ClientApp tasks"] == "3.00 / 0.80 / 5.50"
     assert row["SuperLink CPU s / round"] == 2.7
     assert row["ServerApp CPU s / round"] == 0.6
+    assert row["all CPU ÷ cores s / round"] == 3.15  # 12.6 CPU-s a round on 4 cores
     assert row["memory / hospital MiB"] == 300
     assert row["shared preload MiB"] == 480
 
@@ -231,7 +233,9 @@ def test_the_serverapps_cpu_counts_its_runs_ended_and_running_but_not_the_superl
     assert federation.serverapp_cpu_s(superlink.pid) == 0.0  # gone: nothing to count
 
 
-def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
+def test_the_he_ratio_is_the_median_over_pairs_with_their_range(monkeypatch):
+    monkeypatch.setattr(federation.psutil, "cpu_count", lambda: 2)
+
     def rounds(steady_s: float) -> list[dict[str, Any]]:
         # The first and last rounds fall outside each run's median.
         seconds = (9.0, steady_s, steady_s, 20.0)
@@ -267,6 +271,8 @@ def test_the_he_ratio_is_the_median_over_pairs_with_their_range():
     assert row["ClientApp tasks CPU s / round: HE / plaintext"] == "2.50 / 1.00"
     assert row["SuperLink CPU s / round: HE / plaintext"] == "0.50 / 0.50"
     assert row["ServerApp CPU s / round: HE / plaintext"] == "0.25 / 0.10"
+    # (1.0 + 0.1 + 2.5 + 0.5 + 0.25) CPU-s on 2 cores, against (1.0 + 0.1 + 1.0 + 0.5 + 0.1).
+    assert row["all CPU ÷ cores s / round: HE / plaintext"] == "2.17 / 1.35"
     assert comparison.figures()["pairs"][0]["he"]["cpu_s_per_round"]["ClientApp tasks"] == 3.0
 
 
@@ -321,6 +327,17 @@ def test_the_overhead_goal_reads_the_10_hospital_case_only():
     assert federation.overhead_goal([small]).met is None
     assert federation.overhead_goal([small, steady(10, round_s=2.0, overhead_s=1.7)]).met is False
     assert federation.overhead_goal([steady(10, round_s=0.8, overhead_s=0.5)]).met is True
+
+
+def test_the_overhead_goal_shows_the_least_a_round_can_take_on_these_cores(monkeypatch):
+    monkeypatch.setattr(federation.psutil, "cpu_count", lambda: 2)
+    rounds = [{"seconds": 1.4, "slowest_train_s": 0.1, "overhead_s": 1.3}] * 3
+    cpu_s = {"SuperNodes": 1.0, "ClientApp tasks": 0.8, "SuperLink": 0.5, "ServerApp": 0.1}
+    case = scale_result(10, rounds=rounds, cpu=federation.CpuWindow(cpu_s, rounds=1))
+
+    goal = federation.overhead_goal([case])
+
+    assert goal.measured == "1.30 s (median round 1.40 s; all CPU ÷ cores 1.20 s)"
 
 
 def test_the_overhead_goal_takes_the_mean_of_the_10_hospital_runs():
