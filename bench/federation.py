@@ -415,22 +415,17 @@ class Comparison:
 
     def median_over_pairs(self, side: str, key: str) -> float | None:
         """The median over pairs of one side's steady median of `key`."""
-        values = [getattr(pair, side).median(key) for pair in self.pairs]
-        present = [value for value in values if value is not None]
-        return statistics.median(present) if present else None
+        return _median_of_present(getattr(pair, side).median(key) for pair in self.pairs)
 
     def median_cpu_bound_over_pairs(self, side: str) -> float | None:
         """The median over pairs of one side's CpuWindow.bound_round_s."""
-        values = [getattr(pair, side).cpu.bound_round_s for pair in self.pairs]
-        present = [value for value in values if value is not None]
-        return statistics.median(present) if present else None
+        return _median_of_present(getattr(pair, side).cpu.bound_round_s for pair in self.pairs)
 
     def median_cpu_over_pairs(self, side: str, part: str) -> float | None:
         """The median over pairs of one side's CPU seconds per round of `part`."""
-        values = [
-            cpu[part] for pair in self.pairs if part in (cpu := getattr(pair, side).cpu.per_round)
-        ]
-        return statistics.median(values) if values else None
+        return _median_of_present(
+            getattr(pair, side).cpu.per_round.get(part) for pair in self.pairs
+        )
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -442,6 +437,11 @@ class Comparison:
             "ratio_max": max(self.ratios, default=None),
             "pairs": [pair.figures() for pair in self.pairs],
         }
+
+
+def _median_of_present(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
 
 
 def bench_consortium(
