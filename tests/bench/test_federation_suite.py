@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -223,13 +224,14 @@ def test_the_serverapps_cpu_counts_its_runs_ended_and_running_but_not_the_superl
             time.sleep(0.01)
         serverapp_cpu_s = federation.serverapp_cpu_s(superlink.pid)
     finally:
-        for process in psutil.Process(superlink.pid).children(recursive=True):
-            process.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):  # it died: the assertion above says so
+            for process in psutil.Process(superlink.pid).children(recursive=True):
+                process.kill()
         superlink.kill()
         superlink.wait()
 
-    # Both runs' spins, and the interpreters' start-up; none of the SuperLink's own spin.
-    assert 2 * SPIN_S <= serverapp_cpu_s < 3 * SPIN_S
+    # Both runs' spins and three interpreters' start-up, not the SuperLink's own 3 × SPIN_S.
+    assert 2 * SPIN_S <= serverapp_cpu_s < 4 * SPIN_S
     assert federation.serverapp_cpu_s(superlink.pid) == 0.0  # gone: nothing to count
 
 
