@@ -3,9 +3,8 @@
 Each catalog model trains one epoch on the same synthetic cohort with `train_plain` (the baseline)
 and with `train_dp` in every per-sample gradient mode `train_dp` accepts (hooks, functorch,
 ExpandedWeights, ghost clipping, book-keeping), with the same batch size, learning rate and seed:
-on the CPU,
-and on CUDA too where there is a GPU. Every (device, model, mode) runs in a fresh process, so that
-one training's allocations never count towards another's peak memory.
+on the CPU, and on CUDA too where there is a GPU. Every (device, model, mode) runs in a fresh
+process, so that one training's allocations never count towards another's peak memory.
 """
 
 from __future__ import annotations
